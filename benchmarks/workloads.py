@@ -1,0 +1,116 @@
+"""The benchmark workloads (shared by the benchmark suites and the baseline).
+
+- the LPOSS+ pixel graph of a 448 x 597 RGB image: radius 6, weights
+  ``exp(-||lab_p - lab_q|| / 0.01)`` on Lab / (100, 128, 128) colours, 46 score
+  columns, 10 CG iterations (spec section 7);
+- the LPOSS patch graph: 2,940 nodes, D=768 features, k=400, 46 columns (section 6).
+
+The image is synthetic (no data can be downloaded here) but photo-like: smooth
+shaded regions with sharp borders, texture and sensor noise, so colour weights span
+the same range (many underflow to denormals or zero in float32) as on a photo.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from segmentation.color import LAB_SCALE, rgb_to_lab
+
+HEIGHT, WIDTH = 448, 597
+COLUMNS = 46
+RADIUS = 6
+TAU = 0.01
+ALPHA = 0.95
+TOL = 1e-6
+MAX_ITER = 10
+
+
+def synthetic_photo(height: int = HEIGHT, width: int = WIDTH, seed: int = 0) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1], 8-bit quantised like a decoded photo."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    image = torch.zeros(3, height, width)
+    # sky-like vertical gradient, then a few shapes with their own shading
+    image += torch.stack([0.35 + 0.3 * yy, 0.5 + 0.3 * yy, 0.85 - 0.2 * yy])
+    for _ in range(12):
+        cy, cx = torch.rand(2, generator=g)
+        ry, rx = 0.05 + 0.25 * torch.rand(2, generator=g)
+        colour = torch.rand(3, 1, 1, generator=g)
+        mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) < 1
+        shade = 0.8 + 0.2 * torch.cos(6 * math.pi * (yy - cy))
+        image = torch.where(mask, colour * shade, image)
+    ground = yy > 0.7 + 0.05 * torch.sin(8 * math.pi * xx)
+    texture = 0.08 * torch.sin(40 * math.pi * xx) * torch.sin(31 * math.pi * yy)
+    image = torch.where(ground, torch.stack([0.3 + texture, 0.45 + texture, 0.2 + texture]), image)
+    image = image + 0.02 * torch.randn(3, height, width, generator=g)
+    return (image.clamp(0, 1) * 255).round() / 255
+
+
+def pixel_workload(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lab (3, H, W) float32 scaled by (100, 128, 128), scores (H * W, 46) float32)."""
+    image = synthetic_photo(seed=seed)
+    lab = rgb_to_lab(image) / torch.tensor(LAB_SCALE).view(3, 1, 1)
+    g = torch.Generator().manual_seed(seed + 1)
+    scores = torch.rand(HEIGHT * WIDTH, COLUMNS, generator=g) * 0.3
+    return lab, scores
+
+
+def patch_workload(seed: int = 0, n: int = 2940, d: int = 768, k: int = 400) -> tuple[torch.Tensor, ...]:
+    """(features (N, D) L2-normalised, scores (N, 46), centres (N, 2)) of a patch graph
+    with clustered features, like the patches of 15 windows."""
+    g = torch.Generator().manual_seed(seed)
+    centers_feat = torch.randn(20, d, generator=g)
+    assign = torch.randint(0, 20, (n,), generator=g)
+    feats = centers_feat[assign] + 0.8 * torch.randn(n, d, generator=g)
+    feats = torch.nn.functional.normalize(feats, dim=1)
+    scores = torch.rand(n, COLUMNS, generator=g) * 0.3
+    rows = torch.arange(n) // 14 % 14
+    cols = torch.arange(n) % 14
+    centres = torch.stack([8.0 + 16 * rows, 8.0 + 16 * cols], dim=1)
+    return feats, scores, centres
+
+
+# ------------------------------------------------------------------ baseline
+def baseline_pixel_build(lab: torch.Tensor, radius: int = RADIUS, tau: float = TAU):
+    """What the published code does: explicit index lists of every (p, q) pair of the
+    window, weights per pair, a scipy CSR matrix, then D^-1/2 W D^-1/2."""
+    import scipy.sparse as sp
+
+    c, h, w = lab.shape
+    feats = lab.reshape(c, -1).T.contiguous()
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    ys, xs = ys.ravel(), xs.ravel()
+    rows, cols = [], []
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy == 0 and dx == 0:
+                continue
+            ok = (ys + dy >= 0) & (ys + dy < h) & (xs + dx >= 0) & (xs + dx < w)
+            p = (ys * w + xs)[ok]
+            rows.append(p)
+            cols.append(p + dy * w + dx)
+    row = torch.from_numpy(np.concatenate(rows))
+    col = torch.from_numpy(np.concatenate(cols))
+    dist = (feats[row] - feats[col]).norm(dim=1)
+    weight = torch.exp(-dist / tau)
+    n = h * w
+    deg = torch.zeros(n).index_add_(0, row, weight)
+    dinv = torch.where(deg > 0, deg, torch.ones_like(deg)).sqrt().reciprocal()
+    weight = weight * dinv[row] * dinv[col]
+    return sp.csr_matrix((weight.numpy(), (row.numpy(), col.numpy())), shape=(n, n))
+
+
+def baseline_solve(w_hat, scores: np.ndarray, alpha: float = ALPHA, tol: float = TOL, max_iter: int = MAX_ITER):
+    """One float64 scipy CG per column on ``I - alpha W_hat`` (the published solve)."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spl
+
+    n = w_hat.shape[0]
+    a = sp.eye(n, format="csr") - alpha * w_hat.astype(np.float64)
+    out = np.zeros(scores.shape, dtype=np.float64)
+    for c in range(scores.shape[1]):
+        out[:, c], _ = spl.cg(a, scores[:, c].astype(np.float64), rtol=tol, maxiter=max_iter)
+    return out

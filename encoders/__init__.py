@@ -1,0 +1,1 @@
+"""Encoders (placeholder until the encoders issue)."""

@@ -1,0 +1,42 @@
+"""graphprop: exact kNN graphs and label propagation on any graph, PyG conventions.
+
+Generic building blocks, useful beyond images:
+
+- :func:`knn` / :func:`knn_graph`: exact k-nearest neighbours (blockwise torch or
+  KeOps) and the graphs they make;
+- :class:`Graph`: ``edge_index`` (2, E), ``edge_weight`` (E,), ``num_nodes``, with
+  conversions to torch sparse and PyG ``Data``;
+- :func:`symmetrize`, :func:`remove_self_loops`, :func:`sym_normalize`,
+  :func:`degree`: composable operations;
+- :func:`grid_graph` / :class:`GridGraph`: local-window graphs of images, applied
+  as a stencil without an index list;
+- :func:`label_propagation`: ``(I - alpha * W_hat) Z = Y`` by batched conjugate
+  gradient, fixed-point iteration (PyG ``LabelPropagation``) or a dense solve.
+
+Outputs follow the inputs' device and dtype.
+"""
+
+from ._graph import Graph, degree, remove_self_loops, sym_normalize, symmetrize
+from ._grid import GridGraph, exp_distance_weight, grid_graph, grid_offsets
+from ._knn import knn, knn_graph, select_knn_backend
+from ._propagation import ConvergenceWarning, PropagationResult, label_propagation
+
+__all__ = [
+    "ConvergenceWarning",
+    "Graph",
+    "GridGraph",
+    "PropagationResult",
+    "degree",
+    "exp_distance_weight",
+    "grid_graph",
+    "grid_offsets",
+    "knn",
+    "knn_graph",
+    "label_propagation",
+    "remove_self_loops",
+    "select_knn_backend",
+    "sym_normalize",
+    "symmetrize",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,198 @@
+"""Exact k-nearest-neighbour search (torch blockwise or KeOps) and kNN graphs."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._graph import Graph
+from ._validation import check_choice, check_positive_int, check_same_device, check_tensor
+
+__all__ = ["knn", "knn_graph", "select_knn_backend"]
+
+METRICS = ("cosine", "ip", "l2")
+BACKENDS = ("auto", "torch", "keops")
+
+# Elements of the (block x N) score matrix the torch backend holds at once (float32:
+# 64 MiB). Memory stays O(block x N) whatever the number of queries.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+def knn(
+    x: Tensor,
+    k: int,
+    *,
+    queries: Tensor | None = None,
+    metric: str = "cosine",
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Exact k nearest neighbours of each query among the points ``x``.
+
+    Args:
+        x: (N, D) floating, the points searched.
+        k: number of neighbours; ``k > N`` is clamped to N with a warning.
+        queries: (M, D) floating, the points whose neighbours are sought; default
+            ``x`` itself (M = N), in which case a point is its own neighbour.
+        metric: ``"cosine"`` (rows L2-normalised first, values are cosine
+            similarities, largest first), ``"ip"`` (inner products, largest first) or
+            ``"l2"`` (Euclidean distances, smallest first).
+        backend: ``"torch"`` (blockwise matmul + top-k, memory O(block x N)),
+            ``"keops"`` (pykeops ``LazyTensor`` ``Kmin_argKmin``, compiled on first
+            use) or ``"auto"`` (see :func:`select_knn_backend`).
+
+    Returns:
+        ``(values, indices)``, each (M, k), best first: ``values`` in the dtype of
+        ``x``, ``indices`` int64 into ``x``. Outputs are on the inputs' device.
+
+    Raises:
+        ValueError: NaN/inf inputs, mismatched dimensions or devices, an empty ``x``.
+    """
+    x = check_tensor("x", x, dims=("N", "D"), floating=True, finite=True, nonempty=True)
+    if queries is None:
+        q = x
+    else:
+        q = check_tensor("queries", queries, dims=("M", "D"), floating=True, finite=True)
+        if q.size(1) != x.size(1):
+            raise ValueError(
+                f"queries must have the dimension of x: x is (N, {x.size(1)}), "
+                f"queries is {tuple(q.shape)}"
+            )
+        check_same_device(x=x, queries=q)
+        q = q.to(x.dtype)
+    check_choice("metric", metric, METRICS)
+    check_choice("backend", backend, BACKENDS)
+    k = check_positive_int("k", k)
+    n = x.size(0)
+    if k > n:
+        warnings.warn(f"k={k} is larger than the number of points N={n}; using k={n}", stacklevel=2)
+        k = n
+    if metric == "cosine":
+        x = F.normalize(x, dim=1)
+        q = x if queries is None else F.normalize(q, dim=1)
+    if backend == "auto":
+        backend = select_knn_backend(n, q.size(0), x.size(1), k, x.device)
+    if backend == "keops":
+        return _knn_keops(x, q, k, metric)
+    return _knn_torch(x, q, k, metric)
+
+
+def select_knn_backend(n: int, m: int, d: int, k: int, device: torch.device | str) -> str:
+    """The backend ``knn(backend="auto")`` uses for M queries among N points in D
+    dimensions.
+
+    The rule comes from the measurements in ``benchmarks/README.md``: on a CPU the
+    dense torch top-k wins everywhere we measured (KeOps' CPU reductions are slow,
+    e.g. about 50x slower at N=2,940, D=768, k=400), so ``"torch"``. On CUDA, KeOps
+    wins for low dimensions, modest k and many points, where the (block x N) score
+    matrix and its top-k dominate; otherwise ``"torch"``. ``"keops"`` is only
+    chosen when pykeops imports.
+    """
+    if torch.device(device).type != "cuda":
+        return "torch"
+    if d <= 32 and k <= 64 and n * m >= 10**9 and _keops_available():
+        return "keops"
+    return "torch"
+
+
+def _keops_available() -> bool:
+    try:
+        import pykeops.torch  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the installation
+        return False
+    return True
+
+
+def _knn_torch(x: Tensor, q: Tensor, k: int, metric: str) -> tuple[Tensor, Tensor]:
+    n, m = x.size(0), q.size(0)
+    block = max(1, min(m, _BLOCK_ELEMENTS // max(n, 1)))
+    values = torch.empty(m, k, dtype=x.dtype, device=x.device)
+    indices = torch.empty(m, k, dtype=torch.long, device=x.device)
+    sq_x = (x * x).sum(1) if metric == "l2" else None
+    for start in range(0, m, block):
+        qb = q[start : start + block]
+        scores = qb @ x.T  # (block, N)
+        if metric == "l2":
+            # ||q - x||^2 = ||q||^2 - 2 q.x + ||x||^2, ranked by the negated distance
+            scores.mul_(2).sub_(sq_x).sub_((qb * qb).sum(1, keepdim=True))
+        v, i = scores.topk(k, dim=1, largest=True, sorted=True)
+        values[start : start + block] = v
+        indices[start : start + block] = i
+    if metric == "l2":
+        values = _exact_l2(x, q, indices)
+    return values, indices
+
+
+def _exact_l2(x: Tensor, q: Tensor, indices: Tensor) -> Tensor:
+    """Euclidean distances of each query to its selected neighbours, from differences
+    (the matmul expansion used for ranking loses digits for close points)."""
+    out = torch.empty(indices.shape, dtype=x.dtype, device=x.device)
+    block = max(1, _BLOCK_ELEMENTS // max(indices.size(1) * x.size(1), 1))
+    for start in range(0, q.size(0), block):
+        idx = indices[start : start + block]
+        diff = x[idx] - q[start : start + block, None, :]
+        out[start : start + block] = diff.norm(dim=2)
+    return out
+
+
+def _knn_keops(x: Tensor, q: Tensor, k: int, metric: str) -> tuple[Tensor, Tensor]:
+    try:
+        from pykeops.torch import LazyTensor
+    except Exception as exc:  # pragma: no cover - depends on the installation
+        raise RuntimeError(f"backend='keops' needs a working pykeops installation: {exc}") from exc
+    x_j = LazyTensor(x.contiguous()[None, :, :])
+    q_i = LazyTensor(q.contiguous()[:, None, :])
+    if metric == "l2":
+        cost = ((q_i - x_j) ** 2).sum(-1)
+    else:
+        cost = -(q_i | x_j)
+    values, indices = cost.Kmin_argKmin(K=k, dim=1)
+    indices = indices.long()
+    if metric == "l2":
+        values = values.clamp_min(0).sqrt()
+    else:
+        values = -values
+    return values.reshape(q.size(0), k), indices.reshape(q.size(0), k)
+
+
+def knn_graph(
+    x: Tensor,
+    k: int,
+    *,
+    metric: str = "cosine",
+    backend: str = "auto",
+    weight: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Graph:
+    """The directed kNN graph of the points ``x``: an edge ``(i, j)`` for each of the
+    k nearest neighbours ``j`` of ``i`` (``i`` itself included), so that row ``i`` of
+    W holds i's neighbours.
+
+    Args:
+        x: (N, D) floating points.
+        k: neighbours per node (clamped to N with a warning).
+        metric, backend: as in :func:`knn`.
+        weight: optional ``weight(values, edge_index) -> (E,)`` giving each edge's
+            weight from the kNN values (E,) and the edges (2, E). Default: for
+            ``"cosine"``/``"ip"`` the similarity clamped at 0, for ``"l2"`` 1 (an
+            unweighted graph).
+
+    Returns:
+        A :class:`Graph` with N * k edges (not symmetric; see :func:`symmetrize`).
+    """
+    values, indices = knn(x, k, metric=metric, backend=backend)
+    n, kk = indices.shape
+    rows = torch.arange(n, device=x.device).repeat_interleave(kk)
+    edge_index = torch.stack([rows, indices.reshape(-1)])
+    values = values.reshape(-1)
+    if weight is not None:
+        w = weight(values, edge_index)
+        w = check_tensor("weight(values, edge_index)", w, dims=("E",), floating=True)
+    elif metric == "l2":
+        w = torch.ones_like(values)
+    else:
+        w = values.clamp_min(0)
+    return Graph(edge_index, w, n)
+
