@@ -9,6 +9,7 @@ edges add up. Operations are pure functions returning a new graph.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,11 +141,16 @@ class Graph:
     def to_sparse_coo(self) -> Tensor:
         """As a coalesced torch sparse COO (N, N) tensor (duplicates summed)."""
         n = self.num_nodes
-        return torch.sparse_coo_tensor(self.edge_index, self.edge_weight, (n, n)).coalesce()
+        # indices were range-checked on construction
+        return torch.sparse_coo_tensor(
+            self.edge_index, self.edge_weight, (n, n), check_invariants=False
+        ).coalesce()
 
     def to_sparse_csr(self) -> Tensor:
         """As a torch sparse CSR (N, N) tensor (duplicates summed)."""
-        return self.to_sparse_coo().to_sparse_csr()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return self.to_sparse_coo().to_sparse_csr()
 
     def to_dense(self) -> Tensor:
         """As a dense (N, N) tensor (duplicates summed). For tests and small graphs."""

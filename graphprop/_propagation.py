@@ -198,10 +198,10 @@ def _is_symmetric(graph: Graph | GridGraph) -> bool:
     """W == W^T up to float rounding (relative 1e-6 of the largest weight)."""
     if isinstance(graph, GridGraph):
         return _grid_is_symmetric(graph.materialize())
-        w = graph.to_sparse_coo()
-        diff_m = (w - w.t()).coalesce().values()
-        diff = diff_m.abs().max() if diff_m.numel() else torch.zeros(())
-        scale = w.values().abs().max() if w.values().numel() else torch.zeros(())
+    w = graph.to_sparse_coo()
+    diff_m = (w - w.t()).coalesce().values()
+    diff = diff_m.abs().max() if diff_m.numel() else torch.zeros(())
+    scale = w.values().abs().max() if w.values().numel() else torch.zeros(())
     return bool(diff <= 1e-6 * scale)
 
 

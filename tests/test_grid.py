@@ -1,0 +1,196 @@
+"""Grid graphs: the stencil against its explicit sparse matrix, the weights against a
+per-edge computation, both kernels against each other, propagation on grids."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import graphprop as gp
+from graphprop._stencil import numba_available
+from segmentation.color import LAB_SCALE, rgb_to_lab
+
+SETTINGS = settings(max_examples=25, deadline=None)
+KERNELS = ["torch"] + (["numba"] if numba_available() else [])
+
+shapes = st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 4), st.integers(0, 10_000))
+
+
+def explicit_weights(signal: torch.Tensor, radius: int, tau: float) -> torch.Tensor:
+    """Dense (N, N) W by brute force: every pixel pair within the window, one by one."""
+    c, h, w = signal.shape
+    f = signal.reshape(c, -1).T.double()
+    n = h * w
+    dense = torch.zeros(n, n, dtype=torch.float64)
+    for p in range(n):
+        for q in range(n):
+            (py, px), (qy, qx) = divmod(p, w), divmod(q, w)
+            if p != q and abs(py - qy) <= radius and abs(px - qx) <= radius:
+                dense[p, q] = torch.exp(-torch.linalg.norm(f[p] - f[q]) / tau)
+    return dense
+
+
+@SETTINGS
+@given(shapes)
+def test_grid_weights_equal_per_edge_computation(shape):
+    h, w, radius, seed = shape
+    signal = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grid = gp.grid_graph(signal, radius, 0.5)
+    torch.testing.assert_close(grid.to_sparse_coo().to_dense(), explicit_weights(signal, radius, 0.5))
+
+
+@SETTINGS
+@given(shapes, st.integers(1, 40), st.sampled_from(KERNELS), st.booleans())
+def test_stencil_equals_explicit_sparse_matrix(shape, e, kernel, normalized):
+    h, w, radius, seed = shape
+    gen = torch.Generator().manual_seed(seed)
+    grid = gp.grid_graph(torch.rand(2, h, w, generator=gen), radius, 0.3)
+    if normalized:
+        grid = gp.sym_normalize(grid)
+    z = torch.rand(h * w, e, generator=gen)
+    dense = grid.to_sparse_coo().to_dense().double()
+    out = grid.matmul(z, kernel=kernel)
+    assert out.shape == z.shape and out.dtype == z.dtype
+    torch.testing.assert_close(out.double(), dense @ z.double(), rtol=1e-5, atol=1e-6)
+
+
+@SETTINGS
+@given(shapes)
+def test_normalized_grid_equals_normalized_explicit_graph(shape):
+    h, w, radius, seed = shape
+    grid = gp.grid_graph(torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), radius, 0.2)
+    torch.testing.assert_close(
+        gp.sym_normalize(grid).to_sparse_coo().to_dense(),
+        gp.sym_normalize(grid.to_graph()).to_dense(),
+    )
+    torch.testing.assert_close(gp.degree(grid), gp.degree(grid.to_graph()))
+
+
+def test_kernels_agree_on_a_large_grid_both_dtypes():
+    if "numba" not in KERNELS:
+        pytest.skip("numba is not installed: only the torch kernel exists")
+    gen = torch.Generator().manual_seed(0)
+    lab = rgb_to_lab(torch.rand(3, 61, 83, generator=gen)) / torch.tensor(LAB_SCALE).view(3, 1, 1)
+    grid = gp.sym_normalize(gp.grid_graph(lab, 6, 0.01))
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        z = torch.rand(61 * 83, 46, generator=gen, dtype=dtype)
+        a = grid.matmul(z, kernel="numba")
+        b = grid.matmul(z, kernel="torch")
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_interior_pixels_have_all_window_neighbours():
+    grid = gp.grid_graph(torch.zeros(1, 20, 20), 6, 0.01)  # equal colours: weight 1
+    count = (grid.weights > 0).sum(0)
+    assert int(count[10, 10]) == 168 == len(gp.grid_offsets(6))
+    assert int(count[0, 0]) == 7 * 7 - 1  # a corner sees a quarter window
+    assert int(count[0, 10]) == 7 * 13 - 1
+
+
+def test_grid_is_exactly_symmetric_with_a_custom_weight():
+    signal = torch.rand(4, 12, 15, dtype=torch.float64)
+
+    def cosine_weight(fp, fq):
+        return torch.nn.functional.cosine_similarity(fp, fq, dim=0).clamp_min(0)
+
+    grid = gp.grid_graph(signal, 3, cosine_weight)
+    dense = grid.to_sparse_coo().to_dense()
+    assert torch.equal(dense, dense.T)
+    f = signal.reshape(4, -1).T
+    p, q = 5 * 15 + 7, 7 * 15 + 9  # (5, 7) and (7, 9): offset (2, 2)
+    torch.testing.assert_close(dense[p, q], torch.nn.functional.cosine_similarity(f[p], f[q], dim=0))
+
+
+def test_symmetrize_grid_equals_dense():
+    gen = torch.Generator().manual_seed(3)
+    weights = torch.rand(8, 5, 6, generator=gen, dtype=torch.float64)  # radius 1, not symmetric
+    grid = gp.GridGraph(weights, 1)
+    dense = grid.to_sparse_coo().to_dense()
+    torch.testing.assert_close(gp.symmetrize(grid).to_sparse_coo().to_dense(), dense + dense.T)
+    assert gp.remove_self_loops(grid) is grid
+    with pytest.raises(ValueError, match="symmetric"):
+        gp.label_propagation(grid, torch.rand(30, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("solver", ["cg", "fixed_point", "direct"])
+def test_propagation_on_grid_equals_explicit_graph(solver):
+    gen = torch.Generator().manual_seed(1)
+    grid = gp.grid_graph(torch.rand(3, 9, 11, generator=gen, dtype=torch.float64), 2, 0.3)
+    y = torch.rand(99, 5, generator=gen, dtype=torch.float64)
+    kw = dict(solver=solver, tol=1e-6, max_iter=10)
+    torch.testing.assert_close(
+        gp.label_propagation(grid, y, **kw), gp.label_propagation(grid.to_graph(), y, **kw)
+    )
+
+
+def test_published_pixel_setting_matches_scipy_float64():
+    """The LPOSS+ pixel stage on a small Lab image: float32 stencil CG vs float64
+    scipy CG per column on the explicit matrix, at the published settings."""
+    import scipy.sparse.linalg as spl
+
+    gen = torch.Generator().manual_seed(2)
+    image = (torch.rand(3, 30, 40, generator=gen) * 255).round() / 255
+    lab = rgb_to_lab(image) / torch.tensor(LAB_SCALE).view(3, 1, 1)
+    grid = gp.grid_graph(lab, 6, 0.01)
+    y = torch.rand(1200, 46, generator=gen)
+    z = gp.label_propagation(grid, y)
+    w_hat = gp.sym_normalize(grid.to_graph().to(dtype=torch.float64)).to_dense().numpy()
+    a = np.eye(1200) - 0.95 * w_hat
+    ref = np.stack([spl.cg(a, y[:, c].double().numpy(), rtol=1e-6, maxiter=10)[0] for c in range(46)], 1)
+    np.testing.assert_allclose(z.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_denormal_degrees_stay_finite():
+    # two very different colours: weights exp(-d / 0.01) underflow to denormals or 0
+    image = torch.zeros(3, 6, 6)
+    image[:, :, 3:] = 1.0
+    image[:, 0, 0] = torch.tensor([0.0, 0.9, 0.0])
+    lab = rgb_to_lab(image) / torch.tensor(LAB_SCALE).view(3, 1, 1)
+    grid = gp.grid_graph(lab, 2, 0.01)
+    normalized = gp.sym_normalize(grid)
+    assert bool(torch.isfinite(normalized.scale).all())
+    z = gp.label_propagation(grid, torch.rand(36, 3))
+    assert bool(torch.isfinite(z).all())
+
+
+def test_grid_bad_inputs():
+    with pytest.raises(ValueError, match="signal"):
+        gp.grid_graph(torch.rand(4, 4), 1)
+    with pytest.raises(ValueError, match="signal contains NaN"):
+        gp.grid_graph(torch.full((1, 3, 3), float("nan")), 1)
+    with pytest.raises(ValueError, match="radius"):
+        gp.grid_graph(torch.rand(1, 3, 3), 0)
+    with pytest.raises(ValueError, match="tau"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, 0.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, lambda a, b: -torch.ones(a.shape[1:]))
+    with pytest.raises(ValueError, match=r"\(h, w\)"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, lambda a, b: torch.ones(2))
+    with pytest.raises(ValueError, match="weights must have"):
+        gp.GridGraph(torch.rand(7, 3, 3), 1)
+    grid = gp.grid_graph(torch.rand(1, 3, 3), 1)
+    with pytest.raises(ValueError, match="z must have N=9"):
+        grid.matmul(torch.rand(8, 2))
+    with pytest.raises(ValueError, match="kernel"):
+        grid.matmul(torch.rand(9, 2), kernel="cuda")
+
+
+def test_rgb_to_lab_reference_values():
+    colours = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.5], [1.0, 0.0, 0.0, 1.0, 0.5], [1.0, 0.0, 1.0, 0.0, 0.5]])
+    lab = rgb_to_lab(colours.view(3, 1, 5)).view(3, 5).T
+    expected = torch.tensor(
+        [
+            [100.0, 0.0, 0.0],  # white
+            [0.0, 0.0, 0.0],  # black
+            [32.30, 79.19, -107.86],  # blue
+            [97.14, -21.55, 94.48],  # yellow
+            [53.39, 0.0, 0.0],  # mid grey
+        ]
+    )
+    torch.testing.assert_close(lab, expected, atol=0.05, rtol=0)
