@@ -3,9 +3,14 @@ importing torch_geometric takes about a second)."""
 
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor
-from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import spmm
+
+with warnings.catch_warnings():  # torch_geometric still calls the deprecated torch.jit.script
+    warnings.simplefilter("ignore", FutureWarning)
+    from torch_geometric.nn import MessagePassing
+    from torch_geometric.utils import spmm
 
 from ._graph import Graph
 
