@@ -114,3 +114,70 @@ def baseline_solve(w_hat, scores: np.ndarray, alpha: float = ALPHA, tol: float =
     for c in range(scores.shape[1]):
         out[:, c], _ = spl.cg(a, scores[:, c].astype(np.float64), rtol=tol, maxiter=max_iter)
     return out
+
+
+def patch_graph(features: torch.Tensor, centres: torch.Tensor, k: int = 400, gamma: float = 3.0,
+                sigma: float = 0.01, pix_dist_pow: float = 1.0, backend: str = "auto"):
+    """The LPOSS patch graph with graphprop: kNN by inner product (self included),
+    weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``, then ``W + W^T``."""
+    import graphprop as gp
+
+    values, indices = gp.knn(features, k, metric="ip", backend=backend)
+    rows = torch.arange(features.size(0)).repeat_interleave(indices.size(1))
+    cols = indices.reshape(-1)
+    dist = (centres[rows] - centres[cols]).norm(dim=1)
+    weight = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * dist**pix_dist_pow)
+    return gp.symmetrize(gp.Graph(torch.stack([rows, cols]), weight, features.size(0)))
+
+
+def baseline_patch_graph(features: torch.Tensor, centres: torch.Tensor, k: int = 400, gamma: float = 3.0,
+                         sigma: float = 0.01, pix_dist_pow: float = 1.0):
+    """The same graph the published way (numpy top-k in place of faiss, scipy sparse),
+    normalised: D^-1/2 (W + W^T) D^-1/2 without self-loops."""
+    import scipy.sparse as sp
+
+    f = features.numpy()
+    sims = f @ f.T
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    n = f.shape[0]
+    rows = np.repeat(np.arange(n), k)
+    cols = idx.reshape(-1)
+    s = sims[rows, cols]
+    c = centres.numpy()
+    dist = np.linalg.norm(c[rows] - c[cols], axis=1)
+    w = np.maximum(s, 0) ** gamma * np.exp(-sigma * dist**pix_dist_pow)
+    mat = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+    mat = mat + mat.T
+    mat.setdiag(0)
+    mat.eliminate_zeros()
+    d = np.asarray(mat.sum(1)).ravel()
+    d[d == 0] = 1
+    dinv = sp.diags(1 / np.sqrt(d))
+    return dinv @ mat @ dinv
+
+
+def peak_memory_mb(statement: str, setup: str) -> float:
+    """Peak resident memory (MiB) added by ``statement`` in a fresh Python process,
+    after ``setup`` ran there: the kernel's high-water mark is reset between them."""
+    import subprocess
+    import sys
+
+    script = "\n".join(
+        [
+            "import gc, re",
+            setup,
+            "gc.collect()",
+            "def rss(field):",
+            "    text = open('/proc/self/status').read()",
+            "    return int(re.search(field + r':\\s+(\\d+)', text).group(1)) / 1024",
+            "with open('/proc/self/clear_refs', 'w') as f:",
+            "    f.write('5')  # reset VmHWM to the current RSS",
+            "base = rss('VmRSS')",
+            statement,
+            "print(rss('VmHWM') - base)",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"memory measurement failed:\n{done.stderr}")
+    return float(done.stdout.strip().splitlines()[-1])

@@ -71,13 +71,20 @@ def knn(
         warnings.warn(f"k={k} is larger than the number of points N={n}; using k={n}", stacklevel=2)
         k = n
     if metric == "cosine":
-        x = F.normalize(x, dim=1)
-        q = x if queries is None else F.normalize(q, dim=1)
+        x = _unit_rows(x)
+        q = x if queries is None else _unit_rows(q)
     if backend == "auto":
         backend = select_knn_backend(n, q.size(0), x.size(1), k, x.device)
     if backend == "keops":
         return _knn_keops(x, q, k, metric)
     return _knn_torch(x, q, k, metric)
+
+
+def _unit_rows(t: Tensor) -> Tensor:
+    """Rows scaled to unit L2 norm; scaled by their largest entry first so that tiny
+    (denormal) and huge rows neither underflow nor overflow. Zero rows stay zero."""
+    peak = t.abs().amax(dim=1, keepdim=True)
+    return F.normalize(t / torch.where(peak > 0, peak, torch.ones_like(peak)), dim=1)
 
 
 def select_knn_backend(n: int, m: int, d: int, k: int, device: torch.device | str) -> str:

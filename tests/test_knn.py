@@ -251,16 +251,15 @@ def test_cosine_is_scale_invariant_per_row():
     np.testing.assert_array_equal(i1.numpy(), i2.numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graphprop/_knn.py normalises with F.normalize (eps=1e-12): rows with norm "
-    "< 1e-12 are not scaled to unit length, so their 'cosine' values are wrong",
-)
-def test_cosine_tiny_norm_rows():
-    x = torch.tensor([[1e-13, 0.0], [1.0, 1.0], [2.0, 0.1]], dtype=torch.float64)
+def test_cosine_tiny_and_huge_norm_rows():
+    # rows are scaled by their largest entry before normalising: tiny (even denormal)
+    # and huge rows still get unit length
+    x = torch.tensor([[1e-13, 0.0], [1.0, 1.0], [2.0, 0.1], [1e-310, 3e-310], [1e300, 2e299]], dtype=torch.float64)
     values, indices = graphprop.knn(x, 3, metric="cosine", backend="torch")
-    check_against_brute(values, indices, x.numpy(), x.numpy(), 3, "cosine",
+    unit = x / x.abs().amax(1, keepdim=True)
+    check_against_brute(values, indices, unit.numpy(), unit.numpy(), 3, "cosine",
                         value_tol=1e-12, rank_tol=1e-12)
+    assert indices[:, 0].tolist() == [0, 1, 2, 3, 4]  # each point is its own best match
 
 
 # ----------------------------------------------------------------------- blockwise
