@@ -362,3 +362,16 @@ def test_empty_graph():
         assert out.num_nodes == 3 and out.num_edges == 0
     np.testing.assert_array_equal(degree(g).numpy(), np.zeros(3))
     assert graphprop.Graph.from_dense(torch.zeros(0, 0)).num_nodes == 0
+
+
+def test_csr_of_sorted_and_unsorted_edges_equals_dense():
+    # sorted without duplicates (the fast path, e.g. symmetrize's output) and shuffled
+    gen = torch.Generator().manual_seed(7)
+    dense = torch.rand(12, 12, generator=gen, dtype=torch.float64) * (torch.rand(12, 12, generator=gen) < 0.4)
+    graph = graphprop.symmetrize(graphprop.Graph.from_dense(dense))
+    shuffled = torch.randperm(graph.num_edges, generator=gen)
+    unsorted = graphprop.Graph(graph.edge_index[:, shuffled], graph.edge_weight[shuffled], 12)
+    for g in (graph, unsorted):
+        csr = g.to_sparse_csr()
+        assert csr.layout == torch.sparse_csr
+        torch.testing.assert_close(csr.to_dense(), (dense + dense.T))
