@@ -245,16 +245,12 @@ def _is_grid(graph: object) -> bool:
 def _symmetrize_grid(graph: "GridGraph") -> "GridGraph":
     """``W + W^T`` of a grid graph: ``W^T[p, p + o] = W[p + o, p]``, the opposite
     offset's weight read at the neighbour."""
-    from ._grid import GridGraph, _valid_slices
+    from ._grid import GridGraph, offset_blocks
 
     base = graph.materialize()
     h, w = base.height, base.width
     k = len(base.offsets)
     weights = base.weights.clone()
-    for o, (dy, dx) in enumerate(base.offsets):
-        ys, xs = _valid_slices(dy, h), _valid_slices(dx, w)
-        if ys is None or xs is None:
-            continue
-        (py, qy), (px, qx) = ys, xs
-        weights[o, py, px] += base.weights[k - 1 - o, qy, qx]
+    for o, p, q in offset_blocks(base.offsets, h, w):
+        weights[o][p] += base.weights[k - 1 - o][q]
     return GridGraph(weights, base.radius)

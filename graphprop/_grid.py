@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -190,21 +190,29 @@ def grid_graph(signal: Tensor, radius: int, weight: WeightFn | float = 0.01) -> 
     offsets = grid_offsets(radius)
     k = len(offsets)
     weights = torch.zeros(k, h, w, dtype=signal.dtype, device=signal.device)
-    for o in range(k // 2):  # offsets before the centre; o and k-1-o are opposite
-        dy, dx = offsets[o]
-        ys, xs = _valid_slices(dy, h), _valid_slices(dx, w)
-        if ys is None or xs is None:
-            continue
-        (py, qy), (px, qx) = ys, xs
-        wo = weight(signal[:, py, px], signal[:, qy, qx])
-        if not isinstance(wo, Tensor) or wo.shape != (py.stop - py.start, px.stop - px.start):
+    # offsets before the centre only; o and k-1-o are opposite, so mirror each block
+    for o, p, q in offset_blocks(offsets[: k // 2], h, w):
+        wo = weight(signal[(slice(None), *p)], signal[(slice(None), *q)])
+        if not isinstance(wo, Tensor) or wo.shape != weights[o][p].shape:
             got = tuple(wo.shape) if isinstance(wo, Tensor) else type(wo).__name__
             raise ValueError(f"weight must map two (C, h, w) blocks to (h, w) weights, got {got}")
-        weights[o, py, px] = wo
-        weights[k - 1 - o, qy, qx] = weights[o, py, px]
+        weights[o][p] = wo
+        weights[k - 1 - o][q] = weights[o][p]
     if finite_nonnegative(weights) != (True, True):
         raise ValueError("weight must return finite non-negative weights")
     return GridGraph(weights, radius)
+
+
+def offset_blocks(
+    offsets: list[tuple[int, int]], height: int, width: int
+) -> Iterator[tuple[int, tuple[slice, slice], tuple[slice, slice]]]:
+    """For each offset ``o`` whose window fits the grid: ``(o, p, q)`` with ``p`` the
+    (rows, cols) slices of the pixels whose neighbour at offset o is inside the grid
+    and ``q`` the slices of those neighbours (aligned with ``p``)."""
+    for o, (dy, dx) in enumerate(offsets):
+        ys, xs = _valid_slices(dy, height), _valid_slices(dx, width)
+        if ys is not None and xs is not None:
+            yield o, (ys[0], xs[0]), (ys[1], xs[1])
 
 
 def _valid_slices(d: int, size: int) -> tuple[slice, slice] | None:

@@ -215,16 +215,12 @@ def _is_symmetric(graph: Graph | GridGraph) -> bool:
 def _grid_is_symmetric(grid: GridGraph) -> bool:
     """``weights[o, p] == weights[opposite(o), p + o]`` for every offset, compared slice
     by slice (no copy of the weights)."""
-    from ._grid import _valid_slices
+    from ._grid import offset_blocks
 
-    h, w, k = grid.height, grid.width, len(grid.offsets)
+    k = len(grid.offsets)
     tol = 1e-6 * float(grid.weights.abs().max()) if grid.weights.numel() else 0.0
-    for o, (dy, dx) in enumerate(grid.offsets[: k // 2]):
-        ys, xs = _valid_slices(dy, h), _valid_slices(dx, w)
-        if ys is None or xs is None:
-            continue
-        (py, qy), (px, qx) = ys, xs
-        if float((grid.weights[o, py, px] - grid.weights[k - 1 - o, qy, qx]).abs().max()) > tol:
+    for o, p, q in offset_blocks(grid.offsets[: k // 2], grid.height, grid.width):
+        if float((grid.weights[o][p] - grid.weights[k - 1 - o][q]).abs().max()) > tol:
             return False
     return True
 

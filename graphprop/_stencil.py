@@ -93,39 +93,30 @@ class StencilOperator:
 
 
 def _matmul_torch(grid: "GridGraph", weights: Tensor, scale: Tensor | None, z: Tensor) -> Tensor:
-    from ._grid import _valid_slices
+    from ._grid import offset_blocks
 
     h, w = grid.height, grid.width
     s = None if scale is None else scale.view(h, w)
     zi = z.reshape(h, w, -1)
     out = torch.zeros_like(zi)
-    for o, (dy, dx) in enumerate(grid.offsets):
-        ys, xs = _valid_slices(dy, h), _valid_slices(dx, w)
-        if ys is None or xs is None:
-            continue
-        (py, qy), (px, qx) = ys, xs
-        wo = weights[o, py, px]
+    for o, p, q in offset_blocks(grid.offsets, h, w):
+        wo = weights[o][p]
         if s is not None:
-            wo = (wo * s[py, px]) * s[qy, qx]
-        out[py, px].addcmul_(wo.unsqueeze(-1), zi[qy, qx])
+            wo = (wo * s[p]) * s[q]
+        out[p].addcmul_(wo.unsqueeze(-1), zi[q])
     return out.reshape(z.shape)
 
 
 def scaled_weights(grid: "GridGraph") -> Tensor:
     """(K, H, W) weights with the graph's scale folded in: ``(w[o, p] * s[p]) * s[q]``
     (0 where q is outside the grid)."""
-    from ._grid import _valid_slices
+    from ._grid import offset_blocks
 
     assert grid.scale is not None
-    h, w = grid.height, grid.width
-    s = grid.scale.view(h, w)
+    s = grid.scale.view(grid.height, grid.width)
     out = torch.zeros_like(grid.weights)
-    for o, (dy, dx) in enumerate(grid.offsets):
-        ys, xs = _valid_slices(dy, h), _valid_slices(dx, w)
-        if ys is None or xs is None:
-            continue
-        (py, qy), (px, qx) = ys, xs
-        out[o, py, px] = (grid.weights[o, py, px] * s[py, px]) * s[qy, qx]
+    for o, p, q in offset_blocks(grid.offsets, grid.height, grid.width):
+        out[o][p] = (grid.weights[o][p] * s[p]) * s[q]
     return out
 
 
