@@ -95,7 +95,8 @@ class GridGraph:
         return grid_offsets(self.radius)
 
     def to(self, device: object = None, dtype: torch.dtype | None = None) -> "GridGraph":
-        """A copy on ``device`` / in ``dtype`` (weights and scale); self if unchanged."""
+        """The graph on ``device`` / in ``dtype`` (weights and scale; tensors already
+        there are shared, not copied)."""
         scale = None if self.scale is None else self.scale.to(device=device, dtype=dtype)
         return GridGraph(self.weights.to(device=device, dtype=dtype), self.radius, scale)
 
