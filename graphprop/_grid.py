@@ -133,6 +133,8 @@ class GridGraph:
     def to_graph(self) -> Graph:
         """The explicit edge list (for tests and small grids): every in-grid offset
         pair is an edge, weight 0 edges included."""
+        # Per-pixel masks rather than offset_blocks on purpose: the tests compare the
+        # stencil (built on offset_blocks) with this matrix, so it is found another way.
         h, w = self.height, self.width
         ys, xs = torch.meshgrid(torch.arange(h, device=self.device), torch.arange(w, device=self.device), indexing="ij")
         rows, cols, vals = [], [], []
