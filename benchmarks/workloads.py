@@ -181,3 +181,24 @@ def peak_memory_mb(statement: str, setup: str) -> float:
     if done.returncode:
         raise RuntimeError(f"memory measurement failed:\n{done.stderr}")
     return float(done.stdout.strip().splitlines()[-1])
+
+
+# VOC's class list as the published protocol gives it (../shared/benchmarks/datasets.json):
+# 21 classes, the background with 26 synonyms, so 46 text embeddings.
+VOC_CLASSES = (
+    "sky;wall;tree;wood;grass;road;sea;river;mountain;sands;desk;bed;building;cloud;lamp;door;"
+    "window;wardrobe;ceiling;shelf;curtain;stair;floor;hill;rail;fence",
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+def window_batch(count: int = 15, size: int = 224, seed: int = 0) -> torch.Tensor:
+    """(count, 3, size, size) crops of the synthetic photo, as the sliding windows of a
+    448 x 597 image (3 rows x 5 columns at stride 112 = 15 windows)."""
+    image = synthetic_photo(seed=seed)
+    starts_y = [min(i * 112, HEIGHT - size) for i in range(3)]
+    starts_x = [min(i * 112, WIDTH - size) for i in range(5)]
+    crops = [image[:, y:y + size, x:x + size] for y in starts_y for x in starts_x]
+    return torch.stack(crops[:count])

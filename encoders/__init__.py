@@ -1,1 +1,42 @@
-"""Encoders (placeholder until the encoders issue)."""
+"""Pluggable encoders for LPOSS: a vision-language model (CLIP) and a vision model (DINO).
+
+Two small protocols say what an encoder is; anything that has these members works, no base
+class needed:
+
+- :class:`VisionLanguageEncoder`: ``patch_size``, ``dense_features(images) -> (B, h, w, D)``
+  L2-normalised patch features in the text space, ``encode_text(class_names) -> TextEmbeddings``.
+- :class:`VisionEncoder`: ``patch_size``, ``dense_features(images) -> (B, h, w, D)``.
+
+``images`` are (B, 3, H, W) float RGB in [0, 1]; each encoder applies its own mean/std.
+
+Built in: :class:`OpenCLIPEncoder` (MaskCLIP features of any open_clip ViT, fast exact text
+embeddings with a disk cache) and :class:`TimmViTEncoder` (q/k/v of the last block of DINO,
+DINOv2, ...). :func:`create` builds them from specs such as
+``"open_clip:ViT-B-16@laion2b_s34b_b88k"`` or ``"timm:vit_base_patch16_224.dino"``;
+:func:`register` adds more.
+"""
+
+from ._openclip import OpenCLIPEncoder
+from ._protocols import TextEmbeddings, VisionEncoder, VisionLanguageEncoder
+from ._registry import create, parse_spec, register, registered
+from ._text import split_class_names
+from ._timm import TimmViTEncoder
+from ._weights import RandomInitWarning, WeightsUnavailableError
+
+register("open_clip", OpenCLIPEncoder)
+register("timm", TimmViTEncoder)
+
+__all__ = [
+    "OpenCLIPEncoder",
+    "RandomInitWarning",
+    "TextEmbeddings",
+    "TimmViTEncoder",
+    "VisionEncoder",
+    "VisionLanguageEncoder",
+    "WeightsUnavailableError",
+    "create",
+    "parse_spec",
+    "register",
+    "registered",
+    "split_class_names",
+]

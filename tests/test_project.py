@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import encoders
 import graphprop
 from segmentation import cli
 
@@ -43,6 +44,15 @@ def test_public_names_are_locked():
     )
     for name in graphprop.__all__:
         assert getattr(graphprop, name).__doc__, f"{name} has no docstring"
+    assert sorted(encoders.__all__) == sorted(
+        [
+            "OpenCLIPEncoder", "RandomInitWarning", "TextEmbeddings", "TimmViTEncoder", "VisionEncoder",
+            "VisionLanguageEncoder", "WeightsUnavailableError", "create", "parse_spec", "register",
+            "registered", "split_class_names",
+        ]
+    )
+    for name in encoders.__all__:
+        assert getattr(encoders, name).__doc__, f"{name} has no docstring"
 
 
 def test_lposs_help_lists_the_commands(capsys):

@@ -1,0 +1,102 @@
+"""Input checks and preprocessing shared by the image encoders."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def check_images(images: object, name: str = "images") -> torch.Tensor:
+    """Validate a batch of images: a (B, 3, H, W) floating tensor with values in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W) (RGB), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor with values in [0, 1], got dtype {images.dtype}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(images.shape)}")
+    low, high = torch.aminmax(images)
+    if not (low >= -1e-6 and high <= 1 + 1e-6):  # also rejects NaN
+        raise ValueError(
+            f"{name} must hold RGB values in [0, 1] (the encoder applies its own mean/std), "
+            f"got values in [{low.item():.4g}, {high.item():.4g}]"
+        )
+    return images
+
+
+def pad_and_normalize(
+    images: torch.Tensor,
+    patch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Pad (B, 3, H, W) images with black to a multiple of ``patch_size``, then normalise.
+
+    As the published pipeline: black (0 in [0, 1]) is added at the bottom/right **before** the
+    per-channel ``(x - mean) / std``, so padded pixels become ``-mean / std``.
+    """
+    height, width = images.shape[-2:]
+    pad_h = -height % patch_size
+    pad_w = -width % patch_size
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h), value=0.0)
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return ((images - mean_t) / std_t).to(dtype)
+
+
+def dense_in_chunks(
+    images: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int,
+    patch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Check images, then run ``forward`` on padded, normalised chunks of ``batch_size``.
+
+    ``forward`` maps a (b, 3, H', W') normalised batch on ``device`` (H', W' multiples of the
+    patch) to (b, h, w, D); the result is float32 on the images' device.
+    """
+    images = check_images(images)
+    out = []
+    for part in chunks(images.shape[0], batch_size):
+        x = pad_and_normalize(images[part].to(device), patch_size, mean, std, dtype)
+        out.append(forward(x).float().to(images.device))
+    return torch.cat(out)
+
+
+def chunks(batch: int, size: int) -> Iterator[slice]:
+    """Slices of ``range(batch)`` of at most ``size`` items."""
+    for start in range(0, batch, size):
+        yield slice(start, min(start + size, batch))
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available here; use device='cpu'")
+    return device
+
+
+def resolve_dtype(half: bool, device: torch.device) -> torch.dtype:
+    """float16 when ``half`` (CUDA only), else float32."""
+    if half and device.type != "cuda":
+        raise ValueError(f"half=True needs a CUDA device (got device={str(device)!r}); CPU runs in float32")
+    return torch.float16 if half else torch.float32
+
+
+def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{name} must be a positive integer, got {batch_size!r}")
+    return batch_size

@@ -1,0 +1,424 @@
+"""open_clip vision-language encoder: MaskCLIP dense features and fast exact text embeddings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ._images import check_batch_size, chunks, dense_in_chunks, resolve_device, resolve_dtype
+from ._protocols import TextEmbeddings
+from ._text import (
+    Template,
+    TextEmbeddingCache,
+    check_templates,
+    default_cache_root,
+    prompts_key,
+    render_prompts,
+    split_class_names,
+    tensors_digest,
+)
+from ._weights import WeightsSource, check_file, unavailable, warn_random, weights_source
+
+__all__ = ["OpenCLIPEncoder"]
+
+
+class OpenCLIPEncoder:
+    """A CLIP vision transformer from open_clip, as LPOSS's vision-language model.
+
+    Dense features follow MaskCLIP (``../shared/LPOSS.md`` §2): the last residual block keeps only
+    its attention's value path, ``z = x + out_proj(W_v ln_1(x) + b_v)``, then the block's MLP,
+    ``ln_post`` and the visual projection; the CLS token is dropped. Text embeddings follow §3: every
+    synonym is embedded with each prompt template, each prompt embedding is L2-normalised, averaged
+    over templates and normalised again.
+
+    Parameters
+    ----------
+    model : str
+        An open_clip model name (``open_clip.list_models()``), any ViT (B/L/H, patch 14/16/32).
+    pretrained : str, path, or None
+        A pretrained tag (``open_clip.list_pretrained_tags_by_model(model)``, downloaded through
+        open_clip's cache), a local checkpoint file (``.bin``/``.pt``/``.safetensors``), or ``None``
+        for random weights (a :class:`RandomInitWarning` is emitted).
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    templates : sequence of str or callables, optional
+        Prompt templates, ``"{}"`` standing for the class name. Default: CLIP's 80 ImageNet
+        templates (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``).
+    batch_size : int
+        Images per forward pass in :meth:`dense_features`.
+    text_batch_size : int
+        Prompts per forward pass of the text tower.
+    half : bool
+        Run the networks in float16 (CUDA only). Outputs are float32 either way.
+    text_cache : bool or path
+        Remember text embeddings on disk: ``True`` under ``$LPOSS_CACHE_DIR`` (default
+        ``~/.cache/lposs``)``/text-embeddings``, a path for another folder, ``False`` for memory only.
+    truncate_text : bool or None
+        Run the text tower only up to the longest prompt of a batch (exact for causal towers read at
+        the end-of-text token). ``None``: whenever the model allows it; ``False``: always the full
+        context.
+    progress : bool
+        Show a progress bar while encoding many prompts.
+    model_kwargs : dict, optional
+        Extra arguments for ``open_clip.create_model``.
+
+    Attributes
+    ----------
+    model : open_clip model (eval mode, no gradients)
+    patch_size : int
+    mean, std : tuple of 3 floats, the normalisation applied to images in [0, 1]
+    """
+
+    def __init__(
+        self,
+        model: str = "ViT-B-16",
+        pretrained: str | os.PathLike | None = "laion2b_s34b_b88k",
+        *,
+        device: torch.device | str | None = None,
+        templates: Iterable[Template] | None = None,
+        batch_size: int = 16,
+        text_batch_size: int = 256,
+        half: bool = False,
+        text_cache: bool | str | os.PathLike = True,
+        truncate_text: bool | None = None,
+        progress: bool = True,
+        model_kwargs: dict | None = None,
+    ):
+        self.name = model
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(half, self.device)
+        self.templates = check_templates(templates)
+        self.batch_size = check_batch_size(batch_size)
+        self.text_batch_size = check_batch_size(text_batch_size, "text_batch_size")
+        self.progress = progress
+        self.source = weights_source(pretrained)
+        self.model = _create_open_clip(model, self.source, self.device, half, model_kwargs or {})
+        self.model.eval().requires_grad_(False)
+
+        visual = self.model.visual
+        _check_maskclip_support(model, visual)
+        patch = visual.patch_size
+        if patch[0] != patch[1]:
+            raise ValueError(f"open_clip model {model!r} has non-square patches {patch}; only square patches are supported")
+        self.patch_size = int(patch[0])
+        self.mean = tuple(float(v) for v in getattr(visual, "image_mean", None) or _OPENAI_MEAN)
+        self.std = tuple(float(v) for v in getattr(visual, "image_std", None) or _OPENAI_STD)
+
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self._text_tower = _TextTower.of(self.model)
+        can_truncate = self._text_tower is not None and self._text_tower.truncatable
+        if truncate_text and not can_truncate:
+            raise ValueError(
+                f"truncate_text=True, but the text tower of {model!r} is not causal with end-of-text pooling; "
+                "its output depends on the padding, so the full context is needed (use truncate_text=None)"
+            )
+        self.truncate_text = can_truncate if truncate_text is None else bool(truncate_text)
+        self._text_cache_dir = _cache_dir(text_cache)
+        self._cache: TextEmbeddingCache | None = None
+
+    def __repr__(self) -> str:
+        return (f"OpenCLIPEncoder(model={self.name!r}, weights={self.source.describe()!r}, "
+                f"device={str(self.device)!r}, templates={len(self.templates)})")
+
+    # ------------------------------------------------------------------ images
+    @torch.inference_mode()
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """MaskCLIP patch features in the text space.
+
+        Parameters
+        ----------
+        images : (B, 3, H, W) float tensor, RGB in [0, 1]
+
+        Returns
+        -------
+        (B, ceil(H / p), ceil(W / p), D) float32 tensor on the images' device, L2-normalised;
+        ``D`` is the text-embedding width (512 for ViT-B-16). Images are padded with black to a
+        multiple of the patch size ``p`` before the mean/std normalisation.
+        """
+        return dense_in_chunks(images, self._maskclip, batch_size=self.batch_size, patch_size=self.patch_size,
+                               mean=self.mean, std=self.std, device=self.device, dtype=self.dtype)
+
+    def _maskclip(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised, H and W multiples of the patch -> (B, h, w, D) unit features."""
+        visual = self.model.visual
+        x = visual.conv1(x)  # (B, width, h, w)
+        batch, width, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(batch, 1, width)
+        x = torch.cat([cls, x], dim=1) + self._positional_embedding(h, w).to(x.dtype)
+        x = visual.patch_dropout(x)  # the identity in eval mode
+        x = visual.ln_pre(x)
+        transformer = visual.transformer
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        for block in transformer.resblocks[:-1]:
+            x = block(x)
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        x = _value_path(transformer.resblocks[-1], x)
+        x = visual.ln_post(x[:, 1:])
+        if visual.proj is not None:
+            x = x @ visual.proj
+        return F.normalize(x, dim=-1).reshape(batch, h, w, -1)
+
+    def _positional_embedding(self, h: int, w: int) -> torch.Tensor:
+        """The (1 + h*w, width) positional embedding for an h x w patch grid.
+
+        As the published MaskCLIP code: the patch part is resized bicubically
+        (``align_corners=False``, no antialiasing), the CLS position is kept.
+        """
+        pos = self.model.visual.positional_embedding
+        grid_h, grid_w = self.model.visual.grid_size
+        if (h, w) == (grid_h, grid_w):
+            return pos
+        patches = pos[1:].float().reshape(1, grid_h, grid_w, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(h, w), mode="bicubic", align_corners=False)
+        patches = patches.permute(0, 2, 3, 1).reshape(h * w, -1).to(pos.dtype)
+        return torch.cat([pos[:1], patches], dim=0)
+
+    # ------------------------------------------------------------------ text
+    @torch.inference_mode()
+    def encode_text(self, class_names: Sequence[str] | str) -> TextEmbeddings:
+        """Embed a class list, one embedding per synonym.
+
+        Parameters
+        ----------
+        class_names : sequence of str (or one comma-separated str)
+            ``;`` separates synonyms of one class: ``["road", "car", "sky;cloud"]`` gives 4
+            embeddings with ``class_index = [0, 1, 2, 2]``.
+
+        Returns
+        -------
+        TextEmbeddings with ``embeddings`` (E, D) float32 L2-normalised on the encoder's device and
+        ``class_index`` (E,) long. Synonyms seen before (this run or, with the disk cache, an
+        earlier one) are not encoded again.
+        """
+        classes, synonyms, class_index = split_class_names(class_names)
+        prompts = [render_prompts(self.templates, name) for name in synonyms]
+        keys = [prompts_key(p) for p in prompts]
+        cache = self._embedding_cache()
+        known = cache.get(keys)
+        missing = [i for i, key in enumerate(keys) if key not in known]
+        if missing:
+            fresh = self._embed_synonyms([prompts[i] for i in missing])
+            new = {keys[i]: fresh[j] for j, i in enumerate(missing)}
+            cache.put(new)
+            known.update(new)
+        embeddings = torch.stack([known[key] for key in keys]).to(self.device)
+        return TextEmbeddings(
+            embeddings=embeddings,
+            class_index=torch.tensor(class_index, dtype=torch.long, device=self.device),
+            class_names=classes,
+            synonyms=synonyms,
+        )
+
+    def _embedding_cache(self) -> TextEmbeddingCache:
+        if self._cache is None:
+            # The namespace identifies the text tower's weights themselves, so random-init models
+            # (or fine-tuned ones sharing a name) never share entries.
+            tower = [(n, t) for n, t in self.model.state_dict().items() if not n.startswith("visual.")]
+            namespace = f"{self.name}-{str(self.dtype).removeprefix('torch.')}-{tensors_digest(tower)}"
+            self._cache = TextEmbeddingCache(namespace, self._text_cache_dir)
+        return self._cache
+
+    def _embed_synonyms(self, prompts: list[list[str]]) -> list[torch.Tensor]:
+        """Per synonym: encode each prompt, normalise, average over templates, normalise again."""
+        flat = [p for group in prompts for p in group]
+        prompt_embeddings = self.encode_prompts(flat)
+        out, start = [], 0
+        for group in prompts:
+            mean = prompt_embeddings[start:start + len(group)].mean(dim=0)
+            out.append(F.normalize(mean, dim=-1).cpu())
+            start += len(group)
+        return out
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(P,) prompts -> (P, D) float32 L2-normalised embeddings through the text tower.
+
+        Prompts are sorted by token length and batched, each batch cut to its longest prompt when
+        ``truncate_text`` holds (the result equals the full-context pass to float rounding).
+        """
+        if isinstance(prompts, str) or len(prompts) == 0:
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        tokens = self.tokenizer(list(prompts))
+        tower = self._text_tower
+        if self.truncate_text:
+            lengths = tower.needed_lengths(tokens)
+            order = torch.argsort(lengths, stable=True)
+        else:
+            lengths, order = None, torch.arange(len(prompts))
+        out: torch.Tensor | None = None
+        batches = list(chunks(len(prompts), self.text_batch_size))
+        bar = tqdm(batches, desc="text embeddings", unit="batch", leave=False,
+                   disable=not self.progress or len(batches) < 3)
+        for part in bar:
+            index = order[part]
+            batch = tokens[index].to(self.device)
+            if lengths is not None:
+                embedded = tower.encode(batch[:, : int(lengths[index].max())])
+            else:
+                embedded = self.model.encode_text(batch)
+            if out is None:
+                out = torch.empty(len(prompts), embedded.shape[-1], dtype=torch.float32)
+            out[index] = F.normalize(embedded.float(), dim=-1).cpu()
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _cache_dir(text_cache: bool | str | os.PathLike) -> Path | None:
+    if text_cache is False or text_cache is None:
+        return None
+    if text_cache is True:
+        return default_cache_root() / "text-embeddings"
+    return Path(text_cache).expanduser()
+
+
+def _create_open_clip(model: str, source: WeightsSource, device: torch.device, half: bool, kwargs: dict):
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise ValueError(
+            f"unknown open_clip model {model!r}; open_clip.list_models() lists the names "
+            f"(ViTs such as 'ViT-B-16', 'ViT-L-14', 'ViT-H-14')"
+        )
+    precision = "fp16" if half else "fp32"
+    if source.kind == "random":
+        warn_random("open_clip", model)
+        return open_clip.create_model(model, pretrained=None, device=device, precision=precision,
+                                      pretrained_text=False, **kwargs)
+    check_file(source, "open_clip", model, "open_clip")
+    if source.kind == "hub":
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        if source.value is None or source.value not in tags:
+            raise ValueError(
+                f"open_clip model {model!r} has no pretrained tag {source.value!r}; its tags are {tags} "
+                "(or pass a local checkpoint file)"
+            )
+        cfg = open_clip.get_pretrained_cfg(model, source.value)
+        tried = (f"the Hugging Face Hub ({cfg['hf_hub'].rstrip('/')})" if cfg.get("hf_hub")
+                 else f"downloading {cfg.get('url') or 'the weights'}")
+    else:
+        tried = f"loading {source.value}"
+    try:
+        return open_clip.create_model(model, pretrained=source.value, device=device, precision=precision,
+                                      require_pretrained=True, **kwargs)
+    except Exception as error:  # hub, file and state-dict errors all get one clear message
+        raise unavailable("open_clip", model, source, tried, error, "open_clip") from None
+
+
+def _check_maskclip_support(name: str, visual: nn.Module) -> None:
+    """MaskCLIP needs a plain ViT: standard residual blocks and tokens that reach ``ln_post``."""
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+    problem = None
+    if not isinstance(visual, VisionTransformer):
+        problem = f"its image tower is a {type(visual).__name__}, not a vision transformer"
+    elif getattr(visual, "attn_pool", None) is not None:
+        problem = "its vision transformer pools with attention (CoCa-style), so patch tokens never reach the projection"
+    elif not all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks):
+        problem = "its vision blocks are custom (qk-norm / scaled attention), without a plain value projection"
+    elif len(visual.transformer.resblocks) < 1:
+        problem = "its vision transformer has no blocks"
+    if problem:
+        raise ValueError(
+            f"open_clip model {name!r} cannot give MaskCLIP dense features: {problem}. "
+            "Use an open_clip ViT such as 'ViT-B-16', 'ViT-L-14' or 'ViT-H-14'."
+        )
+
+
+def _value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's last block: ``z = x + out_proj(W_v ln_1(x) + b_v)``, then ``z + mlp(ln_2(z))``.
+
+    ``x``: (B, L, width) batch-first tokens. Layer scale, when a model has it, is applied as in the
+    block itself (the identity for the published ViT-B-16 weights).
+    """
+    attn = block.attn
+    width = x.shape[-1]
+    if attn.in_proj_weight is not None:
+        weight = attn.in_proj_weight[2 * width:]
+    else:
+        weight = attn.v_proj_weight
+    bias = attn.in_proj_bias[2 * width:] if attn.in_proj_bias is not None else None
+    v = attn.out_proj(F.linear(block.ln_1(x), weight, bias))
+    z = x + block.ls_1(v)
+    return z + block.ls_2(block.mlp(block.ln_2(z)))
+
+
+class _TextTower:
+    """The pieces of an open_clip text transformer, for a pass over fewer than all positions."""
+
+    def __init__(self, token_embedding, positional_embedding, transformer, ln_final, text_projection,
+                 attn_mask, pool_type, eos_id):
+        self.token_embedding = token_embedding
+        self.positional_embedding = positional_embedding
+        self.transformer = transformer
+        self.ln_final = ln_final
+        self.text_projection = text_projection
+        self.attn_mask = attn_mask
+        self.pool_type = pool_type
+        self.eos_id = eos_id
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "_TextTower | None":
+        import open_clip
+        from open_clip.transformer import TextTransformer
+
+        if isinstance(model, open_clip.CLIP):
+            owner, pool_type, eos_id = model, model.text_pool_type, getattr(model, "text_eos_id", None)
+        elif isinstance(getattr(model, "text", None), TextTransformer):
+            text = model.text
+            if text.cls_emb is not None or getattr(text, "use_pad_mask", False):
+                return None
+            owner, pool_type, eos_id = text, text.pool_type, getattr(text, "eos_id", None)
+        else:
+            return None
+        return cls(owner.token_embedding, owner.positional_embedding, owner.transformer, owner.ln_final,
+                   owner.text_projection, owner.attn_mask, pool_type, eos_id)
+
+    @property
+    def truncatable(self) -> bool:
+        """Causal attention and pooling at the end-of-text token: later tokens change nothing."""
+        if self.attn_mask is None or self.pool_type not in ("argmax", "eos"):
+            return False
+        if self.pool_type == "eos" and self.eos_id is None:
+            return False
+        mask = self.attn_mask.detach().float().cpu()
+        n = mask.shape[-1]
+        causal = torch.full((n, n), float("-inf")).triu_(1)
+        return mask.shape == (n, n) and torch.equal(mask, causal)
+
+    def needed_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(P, context) token ids -> (P,) the positions each prompt needs: up to its pooled token."""
+        if self.pool_type == "argmax":
+            pooled = tokens.argmax(dim=-1)
+        else:
+            pooled = (tokens == self.eos_id).int().argmax(dim=-1)
+        return pooled + 1
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids, L <= context -> (B, D) unnormalised text features."""
+        from open_clip.transformer import text_global_pool
+
+        length = tokens.shape[1]
+        cast = self.transformer.get_cast_dtype()
+        x = self.token_embedding(tokens).to(cast) + self.positional_embedding[:length].to(cast)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        x = self.ln_final(x)
+        x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
+        if self.text_projection is not None:
+            x = self.text_projection(x) if isinstance(self.text_projection, nn.Linear) else x @ self.text_projection
+        return x
+

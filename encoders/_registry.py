@@ -1,0 +1,91 @@
+"""Encoders by name: ``create("open_clip:ViT-B-16@laion2b_s34b_b88k")`` and ``register(name)``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from ._protocols import VisionEncoder
+
+Factory = Callable[..., Any]
+F = TypeVar("F", bound=Factory)
+
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register(name: str, factory: Factory | None = None, *, overwrite: bool = False):
+    """Make an encoder available to :func:`create` (and the command line) under a prefix.
+
+    The factory is called as ``factory(model, pretrained=weights, **kwargs)`` for the spec
+    ``"name:model@weights"``, and as ``factory(model, **kwargs)`` when the spec has no ``@``
+    part. Use it as a decorator or call it directly::
+
+        @encoders.register("mine")
+        class MyEncoder:                      # no base class needed: implement the protocol
+            patch_size = 16
+            def __init__(self, model, pretrained=None, **kwargs): ...
+            def dense_features(self, images): ...
+
+        encoders.create("mine:small@/weights/small.pt")
+
+    Raises ``ValueError`` if ``name`` is taken (unless ``overwrite=True``) or not a plain word.
+    """
+    if not isinstance(name, str) or not name or any(c in name for c in ":@ "):
+        raise ValueError(f"encoder name must be a non-empty string without ':', '@' or spaces, got {name!r}")
+
+    def add(factory: F) -> F:
+        if not callable(factory):
+            raise TypeError(f"encoder factory for {name!r} must be callable, got {factory!r}")
+        if name in _FACTORIES and not overwrite and _FACTORIES[name] is not factory:
+            raise ValueError(f"an encoder is already registered as {name!r}; pass overwrite=True to replace it")
+        _FACTORIES[name] = factory
+        return factory
+
+    return add if factory is None else add(factory)
+
+
+def registered() -> list[str]:
+    """The registered encoder prefixes, e.g. ``["open_clip", "timm"]``."""
+    return sorted(_FACTORIES)
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """``"prefix:model@weights"`` -> ``(prefix, model, weights or None)``."""
+    if not isinstance(spec, str):
+        raise TypeError(f"an encoder spec must be a string such as 'open_clip:ViT-B-16@laion2b_s34b_b88k', got {spec!r}")
+    prefix, colon, rest = spec.strip().partition(":")
+    if not colon or not prefix:
+        raise ValueError(
+            f"encoder spec {spec!r} has no prefix; write 'PREFIX:MODEL[@WEIGHTS]' with PREFIX one of "
+            f"{registered()}, e.g. 'open_clip:ViT-B-16@laion2b_s34b_b88k' or 'timm:vit_base_patch16_224.dino'"
+        )
+    model, at, weights = rest.partition("@")
+    if not model:
+        raise ValueError(f"encoder spec {spec!r} names no model after {prefix + ':'!r}")
+    if at and not weights:
+        raise ValueError(f"encoder spec {spec!r} has an empty weights part after '@'")
+    return prefix, model, weights if at else None
+
+
+def create(spec: str | Any, **kwargs: Any) -> Any:
+    """Build an encoder from a spec string.
+
+    Parameters
+    ----------
+    spec : str or encoder
+        ``"open_clip:ViT-B-16@laion2b_s34b_b88k"`` (open_clip model and pretrained tag),
+        ``"open_clip:ViT-B-16@/path/to/open_clip_model.safetensors"`` (a local checkpoint),
+        ``"timm:vit_base_patch16_224.dino"`` (timm model with its tag; ``@/path/file.pth`` for a
+        local checkpoint), or a prefix added with :func:`register`. An object that already
+        implements :class:`VisionEncoder` is returned as it is.
+    **kwargs
+        Passed to the encoder's constructor (``device=...``, ``pretrained=None`` for random
+        weights, which overrides the spec's ``@`` part, ...).
+    """
+    if not isinstance(spec, str) and isinstance(spec, VisionEncoder):
+        return spec
+    prefix, model, weights = parse_spec(spec)
+    if prefix not in _FACTORIES:
+        raise ValueError(f"unknown encoder {prefix!r} in spec {spec!r}; registered encoders: {registered()}")
+    if weights is not None:
+        kwargs.setdefault("pretrained", weights)
+    return _FACTORIES[prefix](model, **kwargs)

@@ -1,0 +1,81 @@
+"""Shared test fixtures: no network, a private cache directory, tiny model configurations."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import warnings
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may download
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A small open_clip ViT: the same architecture family as ViT-B-16 (pre-LN blocks, CLS token,
+# learnable positional embedding, causal text tower with argmax pooling), a 4 x 4 patch grid at
+# 64 px, so tests run in milliseconds.
+TINY_CLIP = "lposs-test-ViT-T-16"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 48,
+    "vision_cfg": {"image_size": 64, "layers": 3, "width": 64, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+}
+# The same text tower without a causal mask, read at the last position (SigLIP-style): the
+# truncated text pass does not hold for it and the full pass must be used.
+TINY_CLIP_NONCAUSAL = "lposs-test-ViT-T-16-noncausal"
+TINY_CLIP_NONCAUSAL_CONFIG = {
+    "embed_dim": 48,
+    "custom_text": True,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 16},
+    "text_cfg": {
+        "context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2,
+        "no_causal_mask": True, "pool_type": "last",
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Refuse every socket connection that does not stay on this machine."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = host == "localhost"
+            if not local:
+                raise RuntimeError(f"test tried to reach the network ({address!r})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty LPOSS cache directory, never the user's."""
+    monkeypatch.setenv("LPOSS_CACHE_DIR", str(tmp_path_factory.mktemp("lposs-cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_configs(tmp_path_factory):
+    """Register the tiny open_clip configurations; returns their names."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    for name, config in ((TINY_CLIP, TINY_CLIP_CONFIG), (TINY_CLIP_NONCAUSAL, TINY_CLIP_NONCAUSAL_CONFIG)):
+        (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    return TINY_CLIP, TINY_CLIP_NONCAUSAL
+
+
+@pytest.fixture()
+def quiet_random_init():
+    """Silence the random-weights warning in tests that build models with random weights on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*random weights.*")
+        yield
