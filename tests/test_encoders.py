@@ -454,3 +454,14 @@ def test_cuda_features_match_cpu(half, tiny_clip_configs):
 def test_half_needs_cuda():
     with pytest.raises(ValueError, match="half=True needs a CUDA device"):
         TimmViTEncoder(pretrained=None, device="cpu", half=True, **SMALL_DINO)
+
+
+def test_other_patch_sizes_and_pos_embedding_resizing():
+    """Any open_clip ViT: patch 32 gives a 7 x 7 grid at 224 and resizes its positional
+    embedding for other grids (the reference tests check the values on patch 16)."""
+    encoder = OpenCLIPEncoder("ViT-B-32", pretrained=None, device="cpu")
+    assert encoder.patch_size == 32
+    assert encoder.dense_features(torch.rand(1, 3, 224, 224)).shape == (1, 7, 7, 512)
+    features = encoder.dense_features(torch.rand(1, 3, 256, 170))
+    assert features.shape == (1, 8, 6, 512)
+    torch.testing.assert_close(features.norm(dim=-1), torch.ones(1, 8, 6))
