@@ -116,18 +116,7 @@ def baseline_solve(w_hat, scores: np.ndarray, alpha: float = ALPHA, tol: float =
     return out
 
 
-def patch_graph(features: torch.Tensor, centres: torch.Tensor, k: int = 400, gamma: float = 3.0,
-                sigma: float = 0.01, pix_dist_pow: float = 1.0, backend: str = "auto"):
-    """The LPOSS patch graph with graphprop: kNN by inner product (self included),
-    weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``, then ``W + W^T``."""
-    import graphprop as gp
-
-    values, indices = gp.knn(features, k, metric="ip", backend=backend)
-    rows = torch.arange(features.size(0)).repeat_interleave(indices.size(1))
-    cols = indices.reshape(-1)
-    dist = (centres[rows] - centres[cols]).norm(dim=1)
-    weight = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * dist**pix_dist_pow)
-    return gp.symmetrize(gp.Graph(torch.stack([rows, cols]), weight, features.size(0)))
+from segmentation.lposs import patch_graph  # noqa: E402  (the graph the pipeline builds)
 
 
 def baseline_patch_graph(features: torch.Tensor, centres: torch.Tensor, k: int = 400, gamma: float = 3.0,

@@ -1,1 +1,9 @@
-"""Segmentation."""
+"""LPOSS / LPOSS+: training-free open-vocabulary semantic segmentation.
+
+``LPOSS(vlm, vm).segment(image, ["road", "car", "sky;cloud"])`` labels every pixel;
+:mod:`segmentation.lposs` holds the two propagation stages as plain tensor functions.
+"""
+
+from .pipeline import ImageFeatures, LPOSS, LPOSSConfig, MaskCLIP
+
+__all__ = ["ImageFeatures", "LPOSS", "LPOSSConfig", "MaskCLIP"]

@@ -1,12 +1,11 @@
 """The ``lposs`` command line.
 
-Commands that exist so far:
-
+- ``lposs segment [IMAGE ...] --classes "road,car,sky;cloud"``: segment images (with no IMAGE, the
+  shipped example); writes label and overlay PNGs and prints the classes found.
 - ``lposs graph-example``: label propagation on a small built-in graph problem
   (the graphprop library's example; ``python -m graphprop`` runs the same).
 
-``lposs segment``, ``lposs evaluate`` and ``lposs demo`` come with the
-segmentation, evaluation and demo work.
+``lposs evaluate`` and ``lposs demo`` come with the evaluation and demo work.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_segment_parser(commands)
     example = commands.add_parser(
         "graph-example",
         help="propagate labels on a small built-in graph (two half-moons) and report",
@@ -36,12 +36,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_segment_parser(commands) -> None:
+    from .segment_command import DEFAULT_CLASSES
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment images with any list of class names (LPOSS+ by default)",
+        description=(
+            "Label every pixel of each IMAGE with one of the given classes. Writes <name>_labels.png "
+            "(palette PNG, pixel value = class index) and <name>_overlay.png (image, class colours, legend) "
+            "into --out. With no IMAGE, runs on the example image shipped with the project."
+        ),
+    )
+    segment.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the shipped example)")
+    segment.add_argument("--classes", help=f"class names, ',' between classes, ';' between synonyms "
+                                           f"(default for the example: {DEFAULT_CLASSES!r})")
+    segment.add_argument("--classes-file", help="a file with one class per line (';' between synonyms)")
+    segment.add_argument("--method", choices=["lposs+", "lposs", "maskclip"], default="lposs+",
+                         help="lposs+ (default), lposs (no pixel stage) or maskclip (no propagation)")
+    segment.add_argument("--vlm", default="open_clip:ViT-B-16@laion2b_s34b_b88k",
+                         help="vision-language encoder spec (default: the published CLIP)")
+    segment.add_argument("--vm", default="timm:vit_base_patch16_224.dino",
+                         help="vision encoder spec (default: the published DINO ViT-B/16)")
+    segment.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    segment.add_argument("--out", default="lposs-output", help="output folder (default: ./lposs-output)")
+    segment.add_argument("--save-scores", action="store_true",
+                         help="also write <name>_scores.npy, the (classes, H, W) float32 scores")
+    segment.add_argument("--random-init", action="store_true",
+                         help="random network weights (smoke tests and timing; the labels are meaningless)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "segment":
+        from .segment_command import run_segment
+
+        return run_segment(args)
     if args.command == "graph-example":
         from graphprop.examples import two_moons_demo
 

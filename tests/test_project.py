@@ -26,7 +26,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_has_the_two_commands_and_ci_runs_the_test_command():
     commands = [c.strip() for c in readme_commands()]
-    assert "pip install -e . && lposs graph-example" in commands
+    assert "pip install -e . && lposs segment" in commands
     test_command = 'pip install -e ".[test]" && pytest'
     assert test_command in commands
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
@@ -59,7 +59,8 @@ def test_lposs_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
     assert exit_info.value.code == 0
-    assert "graph-example" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "graph-example" in out and "segment" in out
 
 
 def test_graph_example_recovers_the_moons(capsys):

@@ -1,0 +1,179 @@
+"""The two propagation stages of LPOSS / LPOSS+, as plain tensor functions on ``graphprop``.
+
+- :func:`patch_propagation` (``../shared/LPOSS.md`` §6): a kNN graph over the patches of all
+  windows, weights from VM feature similarity and patch distance, label propagation of the VLM
+  scores.
+- :func:`pixel_propagation` (§7): a 13 x 13-window graph over the pixels with Lab colour weights,
+  label propagation of the patch-stage scores at pixel resolution.
+- :func:`merge_windows`: per-window score maps resized onto the image and averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import graphprop as gp
+
+from .color import LAB_SCALE, rgb_to_lab
+
+__all__ = ["merge_windows", "patch_graph", "patch_propagation", "pixel_propagation"]
+
+
+def _check_solver_settings(alpha: float, tol: float, max_iter: int) -> None:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+
+
+def patch_propagation(
+    features: Tensor,
+    scores: Tensor,
+    centers: Tensor,
+    *,
+    k: int = 400,
+    gamma: float = 3.0,
+    sigma: float = 0.01,
+    pix_dist_pow: float = 1.0,
+    alpha: float = 0.95,
+    tol: float = 1e-6,
+    max_iter: int = 10,
+) -> Tensor:
+    """LPOSS: propagate patch scores over the kNN graph of VM features (§6).
+
+    Each patch is joined to its ``k`` nearest patches by inner product (itself included; ``k`` is
+    capped at N) with weight ``max(s, 0) ** gamma * exp(-sigma * d ** pix_dist_pow)``, ``d`` the
+    distance of the patch centres in pixels; ``W + W^T``; self-loops dropped;
+    ``D^-1/2 W D^-1/2``; then ``(I - alpha W_hat) Z = Y`` by conjugate gradient, all columns at
+    once with per-column stopping (equal to one CG per column). Weights are computed in float32
+    from the features, as published, and the solve runs in float64, as published.
+
+    Parameters
+    ----------
+    features : (N, D) float tensor, L2-normalised VM patch features
+    scores : (N, E) float tensor, initial scores (one column per text embedding)
+    centers : (N, 2) float tensor, patch centres (y, x) in pixels
+
+    Returns
+    -------
+    (N, E) tensor in ``scores``' dtype, on its device.
+    """
+    if features.ndim != 2 or scores.ndim != 2 or centers.ndim != 2 or centers.shape[1] != 2:
+        raise ValueError(
+            f"expected features (N, D), scores (N, E) and centers (N, 2), got {tuple(features.shape)}, "
+            f"{tuple(scores.shape)} and {tuple(centers.shape)}"
+        )
+    n = features.shape[0]
+    if scores.shape[0] != n or centers.shape[0] != n:
+        raise ValueError(f"features, scores and centers must have the same N, got {n}, {scores.shape[0]}, "
+                         f"{centers.shape[0]}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if gamma <= 0 or sigma < 0 or pix_dist_pow <= 0:
+        raise ValueError(f"gamma and pix_dist_pow must be > 0 and sigma >= 0, got {gamma}, {sigma}, {pix_dist_pow}")
+    _check_solver_settings(alpha, tol, max_iter)
+
+    graph = patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
+    z = gp.label_propagation(graph.to(dtype=torch.float64), scores.to(graph.edge_weight.device, torch.float64),
+                             alpha=alpha, tol=tol, max_iter=max_iter)
+    return z.to(device=scores.device, dtype=scores.dtype)
+
+
+def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float = 3.0, sigma: float = 0.01,
+                pix_dist_pow: float = 1.0, backend: str = "auto") -> gp.Graph:
+    """The LPOSS patch graph ``W + W^T`` (not normalised), float32 weights as published.
+
+    ``features`` (N, D) L2-normalised, ``centers`` (N, 2) in pixels; kNN by inner product with
+    ``min(k, N)`` neighbours (self included), weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``.
+    """
+    n = features.shape[0]
+    features = features.float()
+    centers = centers.to(device=features.device, dtype=torch.float32)
+    values, indices = gp.knn(features, min(k, n), metric="ip", backend=backend)
+    rows = torch.arange(n, device=features.device).repeat_interleave(indices.shape[1])
+    cols = indices.reshape(-1)
+    distance = (centers[rows] - centers[cols]).norm(dim=1)
+    weight = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * distance ** pix_dist_pow)
+    return gp.symmetrize(gp.Graph(torch.stack([rows, cols]), weight, n))
+
+
+def pixel_propagation(
+    image: Tensor,
+    scores: Tensor,
+    *,
+    window: int = 13,
+    tau: float = 0.01,
+    alpha: float = 0.95,
+    tol: float = 1e-6,
+    max_iter: int = 10,
+) -> Tensor:
+    """LPOSS+: propagate pixel scores over the local-window colour graph (§7).
+
+    Every pixel is joined to every other pixel of the ``window x window`` square around it, with
+    weight ``exp(-||lab_p - lab_q|| / tau)`` on CIE Lab (D65) divided by (100, 128, 128); W is
+    symmetric by construction; ``D^-1/2 W D^-1/2`` (weights times ``d_i^-1/2`` then
+    ``d_j^-1/2``, a zero degree counting as 1); then the same CG solve as the patch stage. The
+    graph is never materialised: graphprop applies it as a stencil.
+
+    Parameters
+    ----------
+    image : (3, H, W) float tensor, RGB in [0, 1]
+    scores : (E, H, W) float tensor
+
+    Returns
+    -------
+    (E, H, W) tensor in ``scores``' dtype (float32 or float64), on its device.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must have shape (3, H, W), got {tuple(image.shape)}")
+    if scores.ndim != 3 or scores.shape[1:] != image.shape[1:]:
+        raise ValueError(f"scores must have shape (E, H, W) = (E, {image.shape[1]}, {image.shape[2]}), "
+                         f"got {tuple(scores.shape)}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer >= 3, got {window!r}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    _check_solver_settings(alpha, tol, max_iter)
+
+    dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
+    image = image.to(device=scores.device, dtype=torch.float32)
+    scale = torch.tensor(LAB_SCALE, device=image.device).view(3, 1, 1)
+    lab = (rgb_to_lab(image) / scale).to(dtype)
+    graph = gp.grid_graph(lab, window // 2, tau)
+    e, h, w = scores.shape
+    y = scores.to(dtype).reshape(e, h * w).T
+    z = gp.label_propagation(graph, y, alpha=alpha, tol=tol, max_iter=max_iter)
+    return z.T.reshape(e, h, w).to(scores.dtype)
+
+
+def merge_windows(window_scores: Tensor, boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> Tensor:
+    """Per-window score maps onto the image, averaged where windows overlap (§6, "back to pixels").
+
+    Parameters
+    ----------
+    window_scores : (n, E, h, w) tensor, one patch-grid score map per window
+    boxes : n windows ``(y1, y2, x1, x2)`` in image pixels
+    size : (H, W) of the image
+
+    Returns
+    -------
+    (E, H, W) tensor: each window's map resized bilinearly (``align_corners=False``) to the
+    window's size, summed into the canvas, divided by how many windows cover each pixel.
+    """
+    if window_scores.ndim != 4 or window_scores.shape[0] != len(boxes):
+        raise ValueError(f"window_scores must be (n, E, h, w) with n = {len(boxes)} windows, "
+                         f"got {tuple(window_scores.shape)}")
+    height, width = size
+    canvas = window_scores.new_zeros(window_scores.shape[1], height, width)
+    count = window_scores.new_zeros(1, height, width)
+    for block, (y1, y2, x1, x2) in zip(window_scores, boxes):
+        canvas[:, y1:y2, x1:x2] += F.interpolate(block[None], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                 align_corners=False)[0]
+        count[:, y1:y2, x1:x2] += 1
+    if bool((count == 0).any()):
+        raise ValueError("the windows do not cover the whole image")
+    return canvas / count

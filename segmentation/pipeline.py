@@ -1,0 +1,254 @@
+"""LPOSS / LPOSS+ and the MaskCLIP baseline, end to end: image + class names -> scores, labels."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import encoders
+
+from .lposs import merge_windows, patch_propagation, pixel_propagation
+from .preprocess import ImageInput, load_image, resize_image, window_boxes, working_size
+
+__all__ = ["ImageFeatures", "LPOSS", "LPOSSConfig", "MaskCLIP"]
+
+PUBLISHED_VLM = "open_clip:ViT-B-16@laion2b_s34b_b88k"
+PUBLISHED_VM = "timm:vit_base_patch16_224.dino"
+
+
+@dataclass(frozen=True)
+class LPOSSConfig:
+    """Every setting of LPOSS / LPOSS+, with the published defaults (``../shared/LPOSS.md``).
+
+    short_side, long_side_cap : the image is resized so its short side is ``short_side`` unless
+        the long side would exceed ``long_side_cap`` (448, 2048).
+    window, stride : sliding windows in pixels (224, 112). ``sliding=False`` runs the whole
+        image as one window (an option beyond the paper).
+    k, gamma, sigma, pix_dist_pow : patch graph (400 neighbours, 3.0, 0.01, 1.0).
+    alpha, tol, max_iter : label propagation (0.95, 1e-6, 10 CG iterations), both stages.
+    tau, pixel_window : pixel graph (0.01, a 13 x 13 window).
+    pixel_refine : LPOSS+ (True) or LPOSS (False).
+    """
+
+    short_side: int = 448
+    long_side_cap: int = 2048
+    window: int = 224
+    stride: int = 112
+    sliding: bool = True
+    k: int = 400
+    gamma: float = 3.0
+    sigma: float = 0.01
+    pix_dist_pow: float = 1.0
+    alpha: float = 0.95
+    tau: float = 0.01
+    pixel_window: int = 13
+    tol: float = 1e-6
+    max_iter: int = 10
+    pixel_refine: bool = True
+
+    def __post_init__(self):
+        for name in ("short_side", "long_side_cap", "window", "stride", "k", "max_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LPOSSConfig.{name} must be a positive integer, got {value!r}")
+        if self.long_side_cap < self.short_side:
+            raise ValueError(f"LPOSSConfig.long_side_cap ({self.long_side_cap}) must be >= short_side ({self.short_side})")
+        if isinstance(self.pixel_window, bool) or not isinstance(self.pixel_window, int) or \
+                self.pixel_window < 3 or self.pixel_window % 2 == 0:
+            raise ValueError(f"LPOSSConfig.pixel_window must be an odd integer >= 3, got {self.pixel_window!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"LPOSSConfig.alpha must be in (0, 1), got {self.alpha!r}")
+        for name in ("gamma", "pix_dist_pow", "tau"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"LPOSSConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("sigma", "tol"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"LPOSSConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("sliding", "pixel_refine"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LPOSSConfig.{name} must be True or False, got {getattr(self, name)!r}")
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFeatures:
+    """What the networks say about one image; :meth:`LPOSS.predict` takes it in place of the image.
+
+    Attributes
+    ----------
+    image : (3, h, w) float tensor in [0, 1], the image at the working size
+    original_size : (H, W) of the input image
+    boxes : windows ``(y1, y2, x1, x2)`` in working-size pixels
+    vlm_features : (n, gh, gw, D) L2-normalised VLM patch features, one grid per window
+    vm_features : (n, gh', gw', D') L2-normalised VM patch features
+    vm_patch_size : the VM's patch size (patch centres are ``y1 + p // 2 + p * row``)
+    """
+
+    image: Tensor
+    original_size: tuple[int, int]
+    boxes: list[tuple[int, int, int, int]]
+    vlm_features: Tensor
+    vm_features: Tensor | None
+    vm_patch_size: int
+    timings: dict = field(default_factory=dict)
+
+
+class _Segmenter:
+    """What LPOSS and MaskCLIP share: preprocessing, encoding, text, output sizes."""
+
+    def __init__(self, vlm, vm, config: LPOSSConfig | None, device):
+        if not isinstance(vlm, encoders.VisionLanguageEncoder):
+            raise TypeError("vlm must implement encoders.VisionLanguageEncoder (patch_size, dense_features, encode_text)")
+        if vm is not None and not isinstance(vm, encoders.VisionEncoder):
+            raise TypeError("vm must implement encoders.VisionEncoder (patch_size, dense_features)")
+        if config is None:
+            config = LPOSSConfig()
+        if not isinstance(config, LPOSSConfig):
+            raise TypeError(f"config must be an LPOSSConfig, got {type(config).__name__}")
+        self.vlm, self.vm, self.config = vlm, vm, config
+        self.device = torch.device(device) if device is not None else torch.device(getattr(vlm, "device", "cpu"))
+
+    # ------------------------------------------------------------------ encode
+    @torch.inference_mode()
+    def encode(self, image: ImageInput) -> ImageFeatures:
+        """Resize, cut into windows and run both networks once (all windows in one batch)."""
+        start = time.perf_counter()
+        loaded = load_image(image)
+        original = (int(loaded.shape[1]), int(loaded.shape[2]))
+        cfg = self.config
+        size = working_size(*original, cfg.short_side, cfg.long_side_cap)
+        resized = resize_image(loaded, size).to(self.device)
+        if cfg.sliding:
+            boxes = window_boxes(size[0], size[1], cfg.window, cfg.stride)
+        else:
+            boxes = [(0, size[0], 0, size[1])]
+        windows = torch.stack([resized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+        timings = {"preprocess": time.perf_counter() - start}
+        start = time.perf_counter()
+        vlm_features = self.vlm.dense_features(windows)
+        timings["vlm"] = time.perf_counter() - start
+        vm_features = None
+        if self.vm is not None:
+            start = time.perf_counter()
+            vm_features = self.vm.dense_features(windows)
+            timings["vm"] = time.perf_counter() - start
+        return ImageFeatures(resized, original, boxes, vlm_features, vm_features,
+                             int(getattr(self.vm, "patch_size", self.vlm.patch_size)), timings)
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, image: ImageInput | ImageFeatures | list, class_names: Sequence[str] | str):
+        """Class scores at the original image size.
+
+        Parameters
+        ----------
+        image : path, PIL image, (H, W, 3) uint8 array, (3, H, W) float tensor in [0, 1], an
+            :class:`ImageFeatures` from :meth:`encode`, or a list of these (gives a list).
+        class_names : sequence of str (``;`` separates synonyms) or one comma-separated str
+
+        Returns
+        -------
+        (num_classes, H, W) float tensor; synonyms are reduced by max per class.
+        """
+        if isinstance(image, list):
+            return [self.predict(item, class_names) for item in image]
+        text = self.vlm.encode_text(class_names)
+        features = image if isinstance(image, ImageFeatures) else self.encode(image)
+        with torch.inference_mode():
+            scores = self._propagate(features, text)  # (E, h, w)
+            scores = scores.to(text.embeddings.device)
+            index = text.class_index.tolist()
+            per_class = torch.stack([
+                scores[[e for e, c in enumerate(index) if c == cls]].amax(dim=0) for cls in range(text.num_classes)
+            ])
+            return F.interpolate(per_class[None], size=features.original_size, mode="bilinear",
+                                 align_corners=False)[0]
+
+    def segment(self, image, class_names):
+        """(H, W) long tensor: the class index of every pixel (a list for a list of images)."""
+        scores = self.predict(image, class_names)
+        if isinstance(scores, list):
+            return [s.argmax(0) for s in scores]
+        return scores.argmax(0)
+
+    def _initial_scores(self, features: ImageFeatures, text) -> Tensor:
+        """(n, E, gh', gw') cosine similarities of VLM patches and text, on the VM's grid."""
+        embeddings = text.embeddings.to(features.vlm_features.device, features.vlm_features.dtype)
+        scores = (features.vlm_features @ embeddings.T).permute(0, 3, 1, 2)
+        if features.vm_features is not None and scores.shape[-2:] != features.vm_features.shape[1:3]:
+            scores = F.interpolate(scores, size=features.vm_features.shape[1:3], mode="bilinear", align_corners=False)
+        return scores
+
+    def _propagate(self, features: ImageFeatures, text) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class MaskCLIP(_Segmenter):
+    """The no-propagation baseline (§8): window-merged MaskCLIP scores.
+
+    The released LPOSS code has no path for it; this definition is the project's.
+    """
+
+    def __init__(self, vlm, config: LPOSSConfig | None = None, *, device=None):
+        super().__init__(vlm, None, config, device)
+
+    def _propagate(self, features: ImageFeatures, text) -> Tensor:
+        h, w = features.image.shape[1:]
+        return merge_windows(self._initial_scores(features, text), features.boxes, (h, w))
+
+
+class LPOSS(_Segmenter):
+    """LPOSS (patch propagation) and LPOSS+ (then pixel propagation, ``config.pixel_refine``).
+
+    Parameters
+    ----------
+    vlm : a :class:`encoders.VisionLanguageEncoder` (CLIP; MaskCLIP features)
+    vm : a :class:`encoders.VisionEncoder` (DINO)
+    config : :class:`LPOSSConfig`, the published settings by default
+    device : where propagation runs; default the VLM's device
+    """
+
+    def __init__(self, vlm, vm, config: LPOSSConfig | None = None, *, device=None):
+        if vm is None:
+            raise TypeError("LPOSS needs a vision encoder (vm); MaskCLIP is the method without one")
+        super().__init__(vlm, vm, config, device)
+
+    @classmethod
+    def from_pretrained(cls, vlm: str = PUBLISHED_VLM, vm: str = PUBLISHED_VM, config: LPOSSConfig | None = None,
+                        *, device=None, random_init: bool = False, **encoder_kwargs) -> "LPOSS":
+        """The published encoders (open_clip ViT-B-16 laion2b_s34b_b88k + DINO ViT-B/16), or others
+        by spec; ``random_init=True`` builds them with random weights (tests, timing)."""
+        kwargs = dict(device=device, **encoder_kwargs)
+        if random_init:
+            kwargs["pretrained"] = None
+        return cls(encoders.create(vlm, **kwargs), encoders.create(vm, **kwargs), config, device=device)
+
+    def _propagate(self, features: ImageFeatures, text) -> Tensor:
+        cfg = self.config
+        initial = self._initial_scores(features, text)  # (n, E, gh, gw)
+        n, e, gh, gw = initial.shape
+        vm = features.vm_features.to(initial.device)
+        p = features.vm_patch_size
+        rows = torch.arange(gh, device=initial.device, dtype=torch.float32)
+        cols = torch.arange(gw, device=initial.device, dtype=torch.float32)
+        centers = torch.cat([
+            torch.stack(torch.meshgrid(y1 + p // 2 + p * rows, x1 + p // 2 + p * cols, indexing="ij"), -1).reshape(-1, 2)
+            for y1, _, x1, _ in features.boxes
+        ])
+        z = patch_propagation(
+            vm.reshape(n * gh * gw, -1), initial.permute(0, 2, 3, 1).reshape(n * gh * gw, e), centers,
+            k=cfg.k, gamma=cfg.gamma, sigma=cfg.sigma, pix_dist_pow=cfg.pix_dist_pow,
+            alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter,
+        )
+        h, w = features.image.shape[1:]
+        merged = merge_windows(z.reshape(n, gh, gw, e).permute(0, 3, 1, 2), features.boxes, (h, w))
+        if not cfg.pixel_refine:
+            return merged
+        return pixel_propagation(features.image.to(merged.device), merged, window=cfg.pixel_window, tau=cfg.tau,
+                                 alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter)

@@ -1,0 +1,71 @@
+"""Pictures of a segmentation: a palette label PNG and an overlay with a legend."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import torch
+
+
+def class_colours(count: int) -> np.ndarray:
+    """(count, 3) uint8 colours, well apart in hue, the same for a class index every time."""
+    colours = []
+    for i in range(count):
+        hue = (i * 0.618033988749895) % 1.0  # golden-ratio steps: neighbours differ
+        value = 0.95 if i % 2 == 0 else 0.75
+        colours.append([round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, value)])
+    return np.array(colours, dtype=np.uint8)
+
+
+def label_image(labels: torch.Tensor, num_classes: int):
+    """(H, W) class indices -> a palette ("P" mode) PIL image whose pixel values are the indices."""
+    from PIL import Image
+
+    if num_classes > 256:
+        raise ValueError(f"a palette PNG holds at most 256 classes, got {num_classes}")
+    image = Image.fromarray(labels.to(torch.uint8).cpu().numpy(), mode="P")
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:num_classes] = class_colours(num_classes)
+    image.putpalette(palette.reshape(-1).tolist())
+    return image
+
+
+def overlay_image(image: np.ndarray, labels: torch.Tensor, class_names: list[str], opacity: float = 0.5):
+    """The image blended with class colours, with a legend (colour, name, share) of the classes present.
+
+    ``image``: (H, W, 3) uint8; ``labels``: (H, W) class indices.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    labels_np = labels.cpu().numpy()
+    colours = class_colours(len(class_names))
+    blended = (image.astype(np.float32) * (1 - opacity) + colours[labels_np].astype(np.float32) * opacity)
+    picture = Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+    counts = np.bincount(labels_np.reshape(-1), minlength=len(class_names))
+    present = [i for i in np.argsort(-counts) if counts[i] > 0]
+    font = ImageFont.load_default()
+    line = 16
+    legend_width = 12 + max(len(_legend_text(class_names[i], counts[i], labels_np.size)) for i in present) * 7
+    height = max(picture.height, 8 + line * len(present))
+    canvas = Image.new("RGB", (picture.width + legend_width, height), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, i in enumerate(present):
+        y = 4 + row * line
+        x = picture.width + 6
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(int(c) for c in colours[i]), outline=(0, 0, 0))
+        draw.text((x + 16, y), _legend_text(class_names[i], counts[i], labels_np.size), fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _legend_text(name: str, count: int, total: int) -> str:
+    return f"{name.split(';')[0]} {100 * count / total:.1f}%"
+
+
+def class_shares(labels: torch.Tensor, class_names: list[str]) -> list[tuple[str, float]]:
+    """(class name, share of pixels in percent) of the classes present, largest first."""
+    counts = torch.bincount(labels.reshape(-1).cpu(), minlength=len(class_names))
+    total = int(labels.numel())
+    order = torch.argsort(counts, descending=True, stable=True)
+    return [(class_names[i], 100.0 * int(counts[i]) / total) for i in order.tolist() if counts[i] > 0]

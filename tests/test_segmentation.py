@@ -1,0 +1,244 @@
+"""segmentation: the propagation stages against scipy, preprocessing against §1, the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from encoders import OpenCLIPEncoder, TimmViTEncoder
+from segmentation import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
+from segmentation.color import LAB_SCALE, rgb_to_lab
+from segmentation.lposs import merge_windows, patch_propagation, pixel_propagation
+from segmentation.preprocess import load_image, resize_image, window_boxes, working_size
+
+pytestmark = pytest.mark.usefixtures("quiet_random_init")
+
+SMALL = LPOSSConfig(short_side=96, long_side_cap=512, window=64, stride=32, k=30)
+
+
+def scipy_cg_per_column(matrix, y, alpha=0.95, tol=1e-6, max_iter=10):
+    """The published solve: normalise without self-loops, one float64 scipy CG per column."""
+    w = sp.csr_matrix(matrix, dtype=np.float64)
+    w = w - sp.diags(w.diagonal())
+    degree = np.asarray(w.sum(axis=1)).ravel()
+    degree[degree == 0] = 1
+    d = sp.diags(1 / np.sqrt(degree))
+    system = sp.eye(w.shape[0]) - alpha * (d @ w @ d)
+    return np.stack([spla.cg(system, col, rtol=tol, atol=0, maxiter=max_iter)[0] for col in y.T], axis=1)
+
+
+# --------------------------------------------------------------------------- stages
+def test_patch_propagation_equals_published_construction():
+    """Dense similarities + top-k, weights max(s,0)^gamma exp(-sigma d^p), W + W^T, scipy CG."""
+    g = torch.Generator().manual_seed(0)
+    n, k = 300, 25
+    features = F.normalize(torch.randn(n, 16, generator=g), dim=1)
+    scores = torch.rand(n, 4, generator=g)
+    centers = torch.rand(n, 2, generator=g) * 200
+    z = patch_propagation(features, scores, centers, k=k, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
+
+    f = features.double().numpy()
+    sims = f @ f.T
+    top = np.argsort(-sims, axis=1)[:, :k]
+    rows = np.repeat(np.arange(n), k)
+    cols = top.reshape(-1)
+    c = centers.double().numpy()
+    dist = np.linalg.norm(c[rows] - c[cols], axis=1)
+    w = np.maximum(sims[rows, cols], 0) ** 3.0 * np.exp(-0.01 * dist)
+    matrix = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+    expected = scipy_cg_per_column(matrix + matrix.T, scores.double().numpy())
+    assert z.dtype == torch.float32 and z.shape == (n, 4)
+    np.testing.assert_allclose(z.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_patch_propagation_caps_k_and_validates():
+    features = F.normalize(torch.randn(10, 4), dim=1)
+    z = patch_propagation(features, torch.rand(10, 2), torch.rand(10, 2), k=400)
+    assert z.shape == (10, 2)
+    with pytest.raises(ValueError, match="same N"):
+        patch_propagation(features, torch.rand(9, 2), torch.rand(10, 2))
+    with pytest.raises(ValueError, match="alpha"):
+        patch_propagation(features, torch.rand(10, 2), torch.rand(10, 2), alpha=1.0)
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.1])
+def test_pixel_propagation_equals_explicit_matrix(tau):
+    """Every pair within the 13 x 13 window, exp(-||lab_p - lab_q|| / tau), scipy CG per column."""
+    g = torch.Generator().manual_seed(1)
+    h, w, window = 14, 17, 13
+    image = (torch.rand(3, h, w, generator=g) * 0.3 + torch.linspace(0, 0.6, w)).clamp(0, 1)
+    scores = torch.rand(3, h, w, generator=g)
+    z = pixel_propagation(image, scores, window=window, tau=tau)
+
+    lab = (rgb_to_lab(image.double()) / torch.tensor(LAB_SCALE, dtype=torch.float64).view(3, 1, 1)).numpy()
+    r = window // 2
+    rows, cols, vals = [], [], []
+    for y in range(h):
+        for x in range(w):
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    yy, xx = y + dy, x + dx
+                    if (dy or dx) and 0 <= yy < h and 0 <= xx < w:
+                        rows.append(y * w + x)
+                        cols.append(yy * w + xx)
+                        vals.append(np.exp(-np.linalg.norm(lab[:, y, x] - lab[:, yy, xx]) / tau))
+    matrix = sp.csr_matrix((vals, (rows, cols)), shape=(h * w, h * w))
+    expected = scipy_cg_per_column(matrix, scores.double().reshape(3, -1).T.numpy()).T.reshape(3, h, w)
+    np.testing.assert_allclose(z.numpy(), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+def test_merge_windows_averages_overlaps():
+    boxes = window_boxes(100, 150, 64, 32)
+    maps = torch.ones(len(boxes), 2, 4, 4)
+    merged = merge_windows(maps, boxes, (100, 150))
+    torch.testing.assert_close(merged, torch.ones(2, 100, 150))
+    single = torch.rand(1, 3, 5, 7)
+    torch.testing.assert_close(
+        merge_windows(single, [(0, 40, 0, 56)], (40, 56)),
+        F.interpolate(single, size=(40, 56), mode="bilinear", align_corners=False)[0],
+    )
+    with pytest.raises(ValueError, match="do not cover"):
+        merge_windows(torch.rand(1, 1, 2, 2), [(0, 10, 0, 10)], (10, 20))
+
+
+# --------------------------------------------------------------------------- preprocessing (§1)
+def test_working_size():
+    assert working_size(375, 500) == (448, 597)
+    assert working_size(500, 375) == (597, 448)
+    assert working_size(100, 1000) == (205, 2048)  # long side capped
+    assert working_size(448, 448) == (448, 448)
+
+
+def test_window_boxes_follow_the_published_placement():
+    boxes = window_boxes(448, 597)
+    assert len(boxes) == 15
+    assert boxes[0] == (0, 224, 0, 224) and boxes[4] == (0, 224, 373, 597) and boxes[-1] == (224, 448, 373, 597)
+    count = torch.zeros(448, 597)
+    for y1, y2, x1, x2 in boxes:
+        assert (y2 - y1, x2 - x1) == (224, 224)
+        count[y1:y2, x1:x2] += 1
+    assert count.min() >= 1
+    assert window_boxes(100, 300) == [(0, 100, 0, 224), (0, 100, 76, 300)]  # smaller than a window
+    assert window_boxes(50, 60) == [(0, 50, 0, 60)]
+
+
+def bilinear_reference(image: np.ndarray, size) -> np.ndarray:
+    """Half-pixel-centre bilinear resampling, no antialiasing, written out (OpenCV INTER_LINEAR)."""
+    h, w = image.shape[-2:]
+    out_h, out_w = size
+
+    def taps(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    y0, y1, fy = taps(h, out_h)
+    x0, x1, fx = taps(w, out_w)
+    top = image[:, y0][:, :, x0] * (1 - fx) + image[:, y0][:, :, x1] * fx
+    bottom = image[:, y1][:, :, x0] * (1 - fx) + image[:, y1][:, :, x1] * fx
+    return top * (1 - fy[:, None]) + bottom * fy[:, None]
+
+
+def test_resize_rule_of_section_1():
+    g = torch.Generator().manual_seed(2)
+    image = torch.randint(0, 256, (3, 37, 50), dtype=torch.uint8, generator=g)
+    resized = resize_image(image, (67, 91))
+    expected = np.round(bilinear_reference(image.double().numpy(), (67, 91))) / 255
+    assert np.abs(resized.double().numpy() - expected).max() <= 1 / 255 + 1e-6  # ties may round either way
+    assert (np.abs(resized.double().numpy() - expected) > 1e-6).mean() < 0.01
+    assert torch.equal(resized * 255, (resized * 255).round())  # kept 8-bit before / 255
+    as_float = image.float() / 255
+    at_size = resize_image(as_float, (37, 50))
+    assert at_size is as_float  # used exactly as given
+    shrunk = resize_image(as_float, (20, 30))
+    np.testing.assert_allclose(shrunk.numpy(), bilinear_reference(as_float.double().numpy(), (20, 30)), atol=1e-5)
+
+
+def test_image_inputs(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    assert torch.equal(load_image(rgb), torch.from_numpy(rgb).permute(2, 0, 1))
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    assert torch.equal(load_image(tmp_path / "a.png"), load_image(Image.fromarray(rgb)))
+    assert load_image(Image.fromarray(rgb[:, :, 0])).shape == (3, 20, 30)  # greyscale
+    assert load_image(Image.fromarray(np.dstack([rgb, rgb[:, :, :1]]))).shape == (3, 20, 30)  # RGBA
+    sixteen = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    Image.fromarray(sixteen).save(tmp_path / "b.png")
+    loaded = load_image(tmp_path / "b.png")
+    assert loaded.dtype == torch.float32 and loaded.shape == (3, 20, 30)
+    np.testing.assert_allclose(loaded[0].numpy(), sixteen / 65535, atol=1e-6)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: displayed 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "c.jpg", exif=exif.tobytes())
+    assert load_image(tmp_path / "c.jpg").shape == (3, 30, 20)
+    (tmp_path / "d.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "d.png")
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.png")
+
+
+def test_config_is_validated():
+    assert LPOSSConfig().k == 400 and LPOSSConfig().pixel_refine
+    with pytest.raises(ValueError, match="LPOSSConfig.alpha"):
+        LPOSSConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="LPOSSConfig.pixel_window"):
+        LPOSSConfig(pixel_window=12)
+    with pytest.raises(ValueError, match="LPOSSConfig.k"):
+        LPOSSConfig(k=0)
+
+
+# --------------------------------------------------------------------------- pipeline
+@pytest.fixture(scope="module")
+def small_encoders(tiny_clip_configs):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        vlm = OpenCLIPEncoder(tiny_clip_configs[0], pretrained=None, device="cpu", templates=["a {}", "{}"],
+                              text_cache=False)
+        vm = TimmViTEncoder("vit_small_patch16_224.dino", pretrained=None, device="cpu", model_kwargs={"depth": 2})
+    return vlm, vm
+
+
+def test_pipeline_shapes_determinism_and_reuse(small_encoders):
+    vlm, vm = small_encoders
+    model = LPOSS(vlm, vm, SMALL)
+    image = np.random.default_rng(1).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    classes = ["road", "car", "sky;cloud"]
+    scores = model.predict(image, classes)
+    assert scores.shape == (3, 30, 45)
+    assert torch.equal(scores, model.predict(image, classes))  # deterministic
+    features = model.encode(image)
+    assert isinstance(features, ImageFeatures) and features.image.shape == (3, 96, 144)
+    torch.testing.assert_close(model.predict(features, classes), scores, atol=0, rtol=0)
+    labels = model.segment([image, features], classes)
+    assert len(labels) == 2 and labels[0].dtype == torch.long and torch.equal(labels[0], labels[1])
+
+
+def test_synonyms_reduce_by_max(small_encoders):
+    """Columns propagate independently, so a class's score is the max of its synonyms' scores
+    (taken before the final resize: the image is at the working size here, so that is the identity)."""
+    vlm, vm = small_encoders
+    image = np.random.default_rng(2).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    for model in (LPOSS(vlm, vm, SMALL), MaskCLIP(vlm, SMALL)):
+        features = model.encode(image)
+        apart = model.predict(features, ["road", "sky", "cloud"])
+        joined = model.predict(features, ["road", "sky;cloud"])
+        torch.testing.assert_close(joined[1], torch.maximum(apart[1], apart[2]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(joined[0], apart[0], atol=1e-5, rtol=0)
+
+
+def test_lposs_without_pixel_stage_and_whole_image(small_encoders):
+    vlm, vm = small_encoders
+    image = torch.rand(3, 50, 70)
+    plain = LPOSS(vlm, vm, LPOSSConfig(**{**SMALL.as_dict(), "pixel_refine": False})).predict(image, "a,b")
+    whole = LPOSS(vlm, vm, LPOSSConfig(**{**SMALL.as_dict(), "sliding": False})).predict(image, "a,b")
+    assert plain.shape == whole.shape == (2, 50, 70)
+    assert torch.isfinite(plain).all() and torch.isfinite(whole).all()
