@@ -221,10 +221,10 @@ class LPOSS(_Segmenter):
 
     @classmethod
     def from_pretrained(cls, vlm: str = PUBLISHED_VLM, vm: str = PUBLISHED_VM, config: LPOSSConfig | None = None,
-                        *, device=None, random_init: bool = False, **encoder_kwargs) -> "LPOSS":
+                        *, device=None, random_init: bool = False) -> "LPOSS":
         """The published encoders (open_clip ViT-B-16 laion2b_s34b_b88k + DINO ViT-B/16), or others
         by spec; ``random_init=True`` builds them with random weights (tests, timing)."""
-        kwargs = dict(device=device, **encoder_kwargs)
+        kwargs: dict = {"device": device}
         if random_init:
             kwargs["pretrained"] = None
         return cls(encoders.create(vlm, **kwargs), encoders.create(vm, **kwargs), config, device=device)
