@@ -286,8 +286,7 @@ def test_offline_hub_weights_are_one_clear_error():
     message = str(info.value)
     assert "ViT-B-16" in message and "laion2b_s34b_b88k" in message
     assert "Hugging Face Hub" in message and "open_clip:ViT-B-16@/path/to/" in message
-    with pytest.raises(WeightsUnavailableError) as info:
-        TimmViTEncoder("vit_small_patch16_224.dino", pretrained=True, device="cpu")
+    info = pytest.raises(WeightsUnavailableError, TimmViTEncoder, "vit_small_patch16_224.dino", pretrained=True)
     assert "timm/vit_small_patch16_224.dino" in str(info.value)
     assert "timm:vit_small_patch16_224.dino@/path/to/" in str(info.value)
 
