@@ -11,9 +11,8 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from benchmarks.workloads import VOC_CLASSES, window_batch
+from benchmarks.workloads import VOC_CLASSES, published_dino, published_maskclip, window_batch
 from encoders import OpenCLIPEncoder, TimmViTEncoder
 from encoders._text import split_class_names
 
@@ -78,48 +77,6 @@ def test_text_voc_cached(benchmark, clip, tmp_path, cache):
 
 
 # --------------------------------------------------------------------------- dense features
-def published_maskclip(encoder, images):
-    """The published way: the whole CLIP image forward with a hook on the second-to-last block,
-    then the value path from the full in-projection (``models/maskclip/maskclip.py``)."""
-    visual = encoder.model.visual
-    stash = {}
-    handle = visual.transformer.resblocks[-2].register_forward_hook(lambda m, i, o: stash.update(x=o))
-    try:
-        x = (images - torch.tensor(encoder.mean).view(1, 3, 1, 1)) / torch.tensor(encoder.std).view(1, 3, 1, 1)
-        encoder.model.encode_image(x)
-    finally:
-        handle.remove()
-    x, block = stash["x"], visual.transformer.resblocks[-1]
-    y = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
-    batch, tokens, width3 = y.shape
-    y = y.view(batch, tokens, 3, width3 // 3).permute(2, 0, 1, 3).reshape(3 * batch, tokens, width3 // 3)
-    y = F.linear(y, block.attn.out_proj.weight, block.attn.out_proj.bias)
-    v = y.tensor_split(3, dim=0)[2] + x
-    v = v + block.mlp(block.ln_2(v))
-    v = visual.ln_post(v)[:, 1:] @ visual.proj
-    side = int(round((tokens - 1) ** 0.5))
-    return F.normalize(v, dim=-1).reshape(batch, side, side, -1)
-
-
-def published_dino(encoder, images):
-    """The published way: the whole DINO forward with a hook on the last block's qkv."""
-    model = encoder.model
-    stash = {}
-    handle = model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: stash.update(qkv=o))
-    try:
-        x = (images - torch.tensor(encoder.mean).view(1, 3, 1, 1)) / torch.tensor(encoder.std).view(1, 3, 1, 1)
-        model(x)
-    finally:
-        handle.remove()
-    qkv = stash["qkv"]
-    batch, tokens, c3 = qkv.shape
-    heads = model.blocks[-1].attn.num_heads
-    v = qkv.reshape(batch, tokens, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)[2]
-    v = v.transpose(1, 2)[:, 1:].flatten(-2, -1)
-    side = int(round((tokens - 1) ** 0.5))
-    return F.normalize(v, dim=-1).reshape(batch, side, side, -1)
-
-
 @pytest.mark.parametrize("impl", ["published", "encoders"])
 @pytest.mark.parametrize("network", ["clip", "dino"])
 def test_dense_features_15_windows(benchmark, clip, dino, windows, network, impl):

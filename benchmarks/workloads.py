@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from segmentation.color import LAB_SCALE, rgb_to_lab
 
@@ -145,9 +146,10 @@ def baseline_patch_graph(features: torch.Tensor, centres: torch.Tensor, k: int =
     return dinv @ mat @ dinv
 
 
-def peak_memory_mb(statement: str, setup: str) -> float:
+def peak_memory_mb(statement: str, setup: str, total: bool = False) -> float:
     """Peak resident memory (MiB) added by ``statement`` in a fresh Python process,
-    after ``setup`` ran there: the kernel's high-water mark is reset between them."""
+    after ``setup`` ran there: the kernel's high-water mark is reset between them.
+    ``total=True``: the process's whole peak resident memory while ``statement`` ran."""
     import subprocess
     import sys
 
@@ -163,7 +165,7 @@ def peak_memory_mb(statement: str, setup: str) -> float:
             "    f.write('5')  # reset VmHWM to the current RSS",
             "base = rss('VmRSS')",
             statement,
-            "print(rss('VmHWM') - base)",
+            f"print(rss('VmHWM') - {0 if total else 'base'})",
         ]
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -191,3 +193,90 @@ def window_batch(count: int = 15, size: int = 224, seed: int = 0) -> torch.Tenso
     starts_x = [min(i * 112, WIDTH - size) for i in range(5)]
     crops = [image[:, y:y + size, x:x + size] for y in starts_y for x in starts_x]
     return torch.stack(crops[:count])
+
+
+# ------------------------------------------------------------------ the published code's network passes
+def published_maskclip(encoder, images):
+    """The published way: the whole CLIP image forward with a hook on the second-to-last block,
+    then the value path from the full in-projection (``models/maskclip/maskclip.py``)."""
+    visual = encoder.model.visual
+    stash = {}
+    handle = visual.transformer.resblocks[-2].register_forward_hook(lambda m, i, o: stash.update(x=o))
+    try:
+        x = (images - torch.tensor(encoder.mean).view(1, 3, 1, 1)) / torch.tensor(encoder.std).view(1, 3, 1, 1)
+        encoder.model.encode_image(x)
+    finally:
+        handle.remove()
+    x, block = stash["x"], visual.transformer.resblocks[-1]
+    y = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
+    batch, tokens, width3 = y.shape
+    y = y.view(batch, tokens, 3, width3 // 3).permute(2, 0, 1, 3).reshape(3 * batch, tokens, width3 // 3)
+    y = F.linear(y, block.attn.out_proj.weight, block.attn.out_proj.bias)
+    v = y.tensor_split(3, dim=0)[2] + x
+    v = v + block.mlp(block.ln_2(v))
+    v = visual.ln_post(v)[:, 1:] @ visual.proj
+    side = int(round((tokens - 1) ** 0.5))
+    return F.normalize(v, dim=-1).reshape(batch, side, side, -1)
+
+
+def published_dino(encoder, images):
+    """The published way: the whole DINO forward with a hook on the last block's qkv."""
+    model = encoder.model
+    stash = {}
+    handle = model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: stash.update(qkv=o))
+    try:
+        x = (images - torch.tensor(encoder.mean).view(1, 3, 1, 1)) / torch.tensor(encoder.std).view(1, 3, 1, 1)
+        model(x)
+    finally:
+        handle.remove()
+    qkv = stash["qkv"]
+    batch, tokens, c3 = qkv.shape
+    heads = model.blocks[-1].attn.num_heads
+    v = qkv.reshape(batch, tokens, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)[2]
+    v = v.transpose(1, 2)[:, 1:].flatten(-2, -1)
+    side = int(round((tokens - 1) ** 0.5))
+    return F.normalize(v, dim=-1).reshape(batch, side, side, -1)
+
+
+def published_lposs_plus(clip, dino, image: torch.Tensor, text, timings: dict | None = None) -> torch.Tensor:
+    """LPOSS+ the published code's way, moved to the CPU: both networks' passes as above, the
+    patch graph by numpy top-k (faiss there) and scipy, the pixel graph by index lists and scipy
+    CSR, and one float64 scipy CG per score column in both stages. The glue the two ways share
+    (window placement, merging, synonym max) is the project's.
+
+    ``image`` (3, H, W) float at the working size, ``text`` the class list's TextEmbeddings.
+    Returns the (num_classes, H, W) scores; ``timings`` gets the seconds of each stage.
+    """
+    import time
+
+    from segmentation.lposs import merge_windows
+    from segmentation.preprocess import window_boxes
+
+    timings = {} if timings is None else timings
+    height, width = image.shape[1:]
+    boxes = window_boxes(height, width, 224, 112)
+    windows = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        vlm = published_maskclip(clip, windows)  # (n, 14, 14, 512)
+        timings["vlm"] = time.perf_counter() - start
+        start = time.perf_counter()
+        vm = published_dino(dino, windows)  # (n, 14, 14, 768)
+        timings["vm"] = time.perf_counter() - start
+    start = time.perf_counter()
+    initial = vlm @ text.embeddings.T  # (n, 14, 14, E)
+    n, gh, gw, e = initial.shape
+    grid = torch.stack(torch.meshgrid(8.0 + 16 * torch.arange(gh), 8.0 + 16 * torch.arange(gw), indexing="ij"), -1)
+    centres = torch.cat([grid.reshape(-1, 2) + torch.tensor([y1, x1]) for y1, _, x1, _ in boxes])
+    z = baseline_solve(baseline_patch_graph(vm.reshape(n * gh * gw, -1), centres),
+                       initial.reshape(-1, e).double().numpy())
+    z = torch.from_numpy(z).float().reshape(n, gh, gw, e).permute(0, 3, 1, 2)
+    merged = merge_windows(z, boxes, (height, width))
+    timings["patch propagation"] = time.perf_counter() - start
+    start = time.perf_counter()
+    lab = rgb_to_lab(image) / torch.tensor(LAB_SCALE).view(3, 1, 1)
+    z = baseline_solve(baseline_pixel_build(lab), merged.reshape(e, -1).T.numpy())
+    scores = torch.from_numpy(z).float().T.reshape(e, height, width)
+    timings["pixel propagation"] = time.perf_counter() - start
+    index = text.class_index
+    return torch.stack([scores[index == c].amax(dim=0) for c in range(text.num_classes)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -115,10 +115,25 @@ class _Segmenter:
         self.vlm, self.vm, self.config = vlm, vm, config
         self.device = torch.device(device) if device is not None else torch.device(getattr(vlm, "device", "cpu"))
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages :meth:`predict` on an image goes through, in order (``on_stage`` names them)."""
+        networks = ("vlm",) if self.vm is None else ("vlm", "vm")
+        return ("text", "preprocess", *networks, *self._propagation_stages())
+
+    def _propagation_stages(self) -> tuple[str, ...]:
+        return ()
+
     # ------------------------------------------------------------------ encode
     @torch.inference_mode()
-    def encode(self, image: ImageInput) -> ImageFeatures:
-        """Resize, cut into windows and run both networks once (all windows in one batch)."""
+    def encode(self, image: ImageInput, *, on_stage: Callable[[str], None] | None = None) -> ImageFeatures:
+        """Resize, cut into windows and run both networks once (all windows in one batch).
+
+        ``on_stage(name)`` is called as each stage starts ("preprocess", "vlm", "vm"), e.g. to drive
+        a progress bar.
+        """
+        stage = on_stage or _no_stage
+        stage("preprocess")
         start = time.perf_counter()
         loaded = load_image(image)
         original = (int(loaded.shape[1]), int(loaded.shape[2]))
@@ -131,11 +146,13 @@ class _Segmenter:
             boxes = [(0, size[0], 0, size[1])]
         windows = torch.stack([resized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
         timings = {"preprocess": time.perf_counter() - start}
+        stage("vlm")
         start = time.perf_counter()
         vlm_features = self.vlm.dense_features(windows)
         timings["vlm"] = time.perf_counter() - start
         vm_features = None
         if self.vm is not None:
+            stage("vm")
             start = time.perf_counter()
             vm_features = self.vm.dense_features(windows)
             timings["vm"] = time.perf_counter() - start
@@ -143,7 +160,8 @@ class _Segmenter:
                              int(getattr(self.vm, "patch_size", self.vlm.patch_size)), timings)
 
     # ------------------------------------------------------------------ predict
-    def predict(self, image: ImageInput | ImageFeatures | list, class_names: Sequence[str] | str):
+    def predict(self, image: ImageInput | ImageFeatures | list, class_names: Sequence[str] | str, *,
+                on_stage: Callable[[str], None] | None = None):
         """Class scores at the original image size.
 
         Parameters
@@ -151,17 +169,21 @@ class _Segmenter:
         image : path, PIL image, (H, W, 3) uint8 array, (3, H, W) float tensor in [0, 1], an
             :class:`ImageFeatures` from :meth:`encode`, or a list of these (gives a list).
         class_names : sequence of str (``;`` separates synonyms) or one comma-separated str
+        on_stage : optional callable, called with each stage's name as it starts (the names of
+            :attr:`stages`; the networks' stages are skipped for an :class:`ImageFeatures`)
 
         Returns
         -------
         (num_classes, H, W) float tensor; synonyms are reduced by max per class.
         """
         if isinstance(image, list):
-            return [self.predict(item, class_names) for item in image]
-        text = self.vlm.encode_text(class_names)
-        features = image if isinstance(image, ImageFeatures) else self.encode(image)
+            return [self.predict(item, class_names, on_stage=on_stage) for item in image]
+        stage = on_stage or _no_stage
+        stage("text")
+        text = self.vlm.encode_text(class_names)  # first: a bad class list fails before the networks run
+        features = image if isinstance(image, ImageFeatures) else self.encode(image, on_stage=stage)
         with torch.inference_mode():
-            scores = self._propagate(features, text)  # (E, h, w)
+            scores = self._propagate(features, text, stage)  # (E, h, w)
             scores = scores.to(text.embeddings.device)
             index = text.class_index.tolist()
             per_class = torch.stack([
@@ -185,8 +207,12 @@ class _Segmenter:
             scores = F.interpolate(scores, size=features.vm_features.shape[1:3], mode="bilinear", align_corners=False)
         return scores
 
-    def _propagate(self, features: ImageFeatures, text) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _propagate(self, features: ImageFeatures, text, stage: Callable[[str], None]) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+def _no_stage(name: str) -> None:
+    pass
 
 
 class MaskCLIP(_Segmenter):
@@ -198,7 +224,7 @@ class MaskCLIP(_Segmenter):
     def __init__(self, vlm, config: LPOSSConfig | None = None, *, device=None):
         super().__init__(vlm, None, config, device)
 
-    def _propagate(self, features: ImageFeatures, text) -> Tensor:
+    def _propagate(self, features: ImageFeatures, text, stage) -> Tensor:
         h, w = features.image.shape[1:]
         return merge_windows(self._initial_scores(features, text), features.boxes, (h, w))
 
@@ -229,8 +255,12 @@ class LPOSS(_Segmenter):
             kwargs["pretrained"] = None
         return cls(encoders.create(vlm, **kwargs), encoders.create(vm, **kwargs), config, device=device)
 
-    def _propagate(self, features: ImageFeatures, text) -> Tensor:
+    def _propagation_stages(self) -> tuple[str, ...]:
+        return ("patch propagation", "pixel propagation") if self.config.pixel_refine else ("patch propagation",)
+
+    def _propagate(self, features: ImageFeatures, text, stage) -> Tensor:
         cfg = self.config
+        stage("patch propagation")
         initial = self._initial_scores(features, text)  # (n, E, gh, gw)
         n, e, gh, gw = initial.shape
         vm = features.vm_features.to(initial.device)
@@ -250,5 +280,6 @@ class LPOSS(_Segmenter):
         merged = merge_windows(z.reshape(n, gh, gw, e).permute(0, 3, 1, 2), features.boxes, (h, w))
         if not cfg.pixel_refine:
             return merged
+        stage("pixel propagation")
         return pixel_propagation(features.image.to(merged.device), merged, window=cfg.pixel_window, tau=cfg.tau,
                                  alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter)

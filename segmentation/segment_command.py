@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 from pathlib import Path
+
+from ._command_common import build_segmenter, read_class_list
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parent / "data" / "example.jpg"
 DEFAULT_CLASSES = "building;temple;roof,tree,sky,ground;road;pavement"
@@ -17,45 +17,33 @@ def _error(message: str) -> None:
 
 
 def _class_list(args: argparse.Namespace) -> list[str]:
-    import encoders
-
-    if args.classes and args.classes_file:
-        raise ValueError("give either --classes or --classes-file, not both")
-    if args.classes_file:
-        path = Path(args.classes_file)
-        if not path.is_file():
-            raise ValueError(f"classes file not found: {path}")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif args.classes is not None:
-        names = args.classes.split(",")
-    elif not args.images:
-        names = DEFAULT_CLASSES.split(",")
-    else:
+    classes = read_class_list(args.classes, args.classes_file)
+    if classes is not None:
+        return classes
+    if args.images:
         raise ValueError('give the class names: --classes "road,car,sky;cloud" (or --classes-file)')
-    classes, _, _ = encoders.split_class_names(names)
-    return list(classes)
+    return read_class_list(DEFAULT_CLASSES, None)
 
 
-def _build_model(args: argparse.Namespace):
-    import encoders
-    from segmentation import LPOSS, LPOSSConfig, MaskCLIP
+class _StageBar:
+    """A progress bar over the stages of one image (``on_stage`` callback of ``predict``)."""
 
-    kwargs = {"device": args.device}
-    if args.random_init:
-        kwargs["pretrained"] = None
-        print("lposs segment: --random-init: the networks have random weights; the labels are meaningless",
-              file=sys.stderr)
-    logging.disable(logging.ERROR)  # open_clip logs to the root logger; our errors say it in one line
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=encoders.RandomInitWarning)
-            vlm = encoders.create(args.vlm, **kwargs)
-            if args.method == "maskclip":
-                return MaskCLIP(vlm)
-            vm = encoders.create(args.vm, **kwargs)
-    finally:
-        logging.disable(logging.NOTSET)
-    return LPOSS(vlm, vm, LPOSSConfig(pixel_refine=args.method == "lposs+"))
+    def __init__(self, stages: tuple[str, ...], name: str):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=len(stages), desc=name, unit="stage", leave=False,
+                         bar_format="{desc} [stage {n_fmt}/{total_fmt}, {elapsed}]")
+        self._name = name
+
+    def __call__(self, stage: str) -> None:
+        self._bar.set_description_str(f"{self._name}: {stage}", refresh=False)
+        self._bar.update()  # the count is the stage now running
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.close()
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -72,9 +60,8 @@ def run_segment(args: argparse.Namespace) -> int:
     try:
         classes = _class_list(args)
         images = [Path(p) for p in args.images] or [EXAMPLE_IMAGE]
-        if args.device is not None and args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-            raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
-        model = _build_model(args)
+        model = build_segmenter(args.method, args.vlm, args.vm, device=args.device, random_init=args.random_init,
+                                prog="lposs segment")
     except encoders.WeightsUnavailableError as error:
         _error(str(error))
         return 2
@@ -91,7 +78,8 @@ def run_segment(args: argparse.Namespace) -> int:
             _error(str(error) if str(path) in str(error) else f"cannot read image {path}: {error}")
             failed += 1
             continue
-        scores = model.predict(loaded, classes)
+        with _StageBar(model.stages, path.name) as on_stage:
+            scores = model.predict(loaded, classes, on_stage=on_stage)
         labels = scores.argmax(0)
         stem = path.stem
         label_image(labels, len(classes)).save(out / f"{stem}_labels.png")

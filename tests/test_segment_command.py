@@ -51,7 +51,7 @@ def test_segment_writes_pictures_and_skips_unreadable_images(tmp_path):
         (["segment", "--classes", "a", "--vlm", "nothing:model"], "unknown encoder 'nothing'"),
         (["segment", "--classes", "a", "--classes-file", "f.txt"], "either --classes or --classes-file"),
         (["segment", "--classes-file", "missing.txt"], "classes file not found"),
-        (["segment", "--classes", "a", "--device", "tpu"], "--device must be cpu or cuda"),
+        (["segment", "--classes", "a", "--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
         (["segment", "--classes", "a", "--method", "maskclip"], "cannot load weights for open_clip model 'ViT-B-16'"),
     ],
 )

@@ -242,3 +242,31 @@ def test_lposs_without_pixel_stage_and_whole_image(small_encoders):
     whole = LPOSS(vlm, vm, LPOSSConfig(**{**SMALL.as_dict(), "sliding": False})).predict(image, "a,b")
     assert plain.shape == whole.shape == (2, 50, 70)
     assert torch.isfinite(plain).all() and torch.isfinite(whole).all()
+
+
+def test_stages_are_reported_and_each_network_runs_once(small_encoders, monkeypatch):
+    """``on_stage`` names every stage of :attr:`stages` in order; one predict on an image runs each
+    network once over the batch of all windows; a predict on ImageFeatures runs neither."""
+    vlm, vm = small_encoders
+    calls = {"vlm": [], "vm": []}
+    for name, encoder in (("vlm", vlm), ("vm", vm)):
+        original = encoder.dense_features
+        monkeypatch.setattr(encoder, "dense_features",
+                            lambda images, _f=original, _n=name: calls[_n].append(images.shape[0]) or _f(images))
+    image = torch.rand(3, 40, 100)
+    for model in (LPOSS(vlm, vm, SMALL), LPOSS(vlm, vm, LPOSSConfig(**{**SMALL.as_dict(), "pixel_refine": False})),
+                  MaskCLIP(vlm, SMALL)):
+        for key in calls:
+            calls[key].clear()
+        seen: list[str] = []
+        model.predict(image, "a,b", on_stage=seen.append)
+        assert tuple(seen) == model.stages
+        windows = len(model.encode(image).boxes)
+        assert calls["vlm"] == [windows, windows]  # predict, then the encode just above
+        assert calls["vm"] == ([windows, windows] if model.vm is not None else [])
+        seen.clear()
+        model.predict(model.encode(image), "a,b", on_stage=seen.append)
+        assert tuple(seen) == tuple(s for s in model.stages if s not in ("preprocess", "vlm", "vm"))
+    assert LPOSS(vlm, vm, SMALL).stages == ("text", "preprocess", "vlm", "vm", "patch propagation",
+                                            "pixel propagation")
+    assert MaskCLIP(vlm, SMALL).stages == ("text", "preprocess", "vlm")

@@ -1,0 +1,84 @@
+"""What the ``lposs`` commands share: the model options, building the model, reading class lists."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from .pipeline import PUBLISHED_VLM, PUBLISHED_VM
+
+METHODS = ("lposs+", "lposs", "maskclip")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--method, --vlm, --vm, --device, --random-init."""
+    parser.add_argument("--method", choices=METHODS, default="lposs+",
+                        help="lposs+ (default), lposs (no pixel stage) or maskclip (no propagation)")
+    parser.add_argument("--vlm", default=PUBLISHED_VLM,
+                        help=f"vision-language encoder spec (default: the published CLIP, {PUBLISHED_VLM})")
+    parser.add_argument("--vm", default=PUBLISHED_VM,
+                        help=f"vision encoder spec (default: the published DINO ViT-B/16, {PUBLISHED_VM})")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="random network weights (smoke tests and timing; the labels are meaningless)")
+
+
+def check_device(device: str | None) -> None:
+    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+
+
+def read_class_list(classes: str | None, classes_file: str | None) -> list[str] | None:
+    """The validated class list from ``--classes "a,b;c"`` or a file with one class per line;
+    None when neither is given. Raises ValueError with a one-line message."""
+    import encoders
+
+    if classes and classes_file:
+        raise ValueError("give either --classes or --classes-file, not both")
+    if classes_file:
+        path = Path(classes_file)
+        if not path.is_file():
+            raise ValueError(f"classes file not found: {path}")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif classes is not None:
+        names = classes.split(",")
+    else:
+        return None
+    return list(encoders.split_class_names(names)[0])
+
+
+def build_segmenter(method: str, vlm: str, vm: str, *, device: str | None = None, random_init: bool = False,
+                    config=None, prog: str = "lposs"):
+    """LPOSS (``lposs+``, ``lposs``) or MaskCLIP from encoder specs. open_clip's log lines are
+    silenced (an error says it in one line); ``random_init`` says so on stderr."""
+    import torch
+
+    import encoders
+
+    from .pipeline import LPOSS, LPOSSConfig, MaskCLIP
+
+    check_device(device)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    config = LPOSSConfig(pixel_refine=method == "lposs+") if config is None else config
+    kwargs: dict = {"device": device}
+    if random_init:
+        kwargs["pretrained"] = None
+        print(f"{prog}: --random-init: the networks have random weights; the labels are meaningless",
+              file=sys.stderr)
+    logging.disable(logging.ERROR)  # open_clip logs to the root logger
+    try:
+        # random weights from a fixed seed: every process (resumed runs, torchrun ranks) gets the same
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            warnings.filterwarnings("ignore", category=encoders.RandomInitWarning)
+            vlm_encoder = encoders.create(vlm, **kwargs)
+            if method == "maskclip":
+                return MaskCLIP(vlm_encoder, config)
+            vm_encoder = encoders.create(vm, **kwargs)
+    finally:
+        logging.disable(logging.NOTSET)
+    return LPOSS(vlm_encoder, vm_encoder, config)
