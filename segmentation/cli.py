@@ -4,8 +4,8 @@
   shipped example); writes label and overlay PNGs and prints the classes found.
 - ``lposs graph-example``: label propagation on a small built-in graph problem
   (the graphprop library's example; ``python -m graphprop`` runs the same).
-
-``lposs evaluate`` and ``lposs demo`` come with the evaluation and demo work.
+- ``lposs evaluate --dataset voc --data-root DIR``: mIoU on one of the paper's benchmarks
+  (``python -m segmentation.evaluate`` under ``torchrun`` for many processes).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_segment_parser(commands)
+    _add_evaluate_parser(commands)
     example = commands.add_parser(
         "graph-example",
         help="propagate labels on a small built-in graph (two half-moons) and report",
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_segment_parser(commands) -> None:
+    from ._command_common import add_model_arguments
     from .segment_command import DEFAULT_CLASSES
 
     segment = commands.add_parser(
@@ -52,18 +54,25 @@ def _add_segment_parser(commands) -> None:
     segment.add_argument("--classes", help=f"class names, ',' between classes, ';' between synonyms "
                                            f"(default for the example: {DEFAULT_CLASSES!r})")
     segment.add_argument("--classes-file", help="a file with one class per line (';' between synonyms)")
-    segment.add_argument("--method", choices=["lposs+", "lposs", "maskclip"], default="lposs+",
-                         help="lposs+ (default), lposs (no pixel stage) or maskclip (no propagation)")
-    segment.add_argument("--vlm", default="open_clip:ViT-B-16@laion2b_s34b_b88k",
-                         help="vision-language encoder spec (default: the published CLIP)")
-    segment.add_argument("--vm", default="timm:vit_base_patch16_224.dino",
-                         help="vision encoder spec (default: the published DINO ViT-B/16)")
-    segment.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_model_arguments(segment)
     segment.add_argument("--out", default="lposs-output", help="output folder (default: ./lposs-output)")
     segment.add_argument("--save-scores", action="store_true",
                          help="also write <name>_scores.npy, the (classes, H, W) float32 scores")
-    segment.add_argument("--random-init", action="store_true",
-                         help="random network weights (smoke tests and timing; the labels are meaningless)")
+
+
+def _add_evaluate_parser(commands) -> None:
+    from .evaluate import add_evaluate_arguments
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="mIoU (and boundary IoU) on one of the paper's eight benchmarks or your own dataset",
+        description=(
+            "Evaluate LPOSS+ / LPOSS / MaskCLIP on a benchmark with the published protocol: per-class IoU, "
+            "mIoU, pixel accuracy and optionally boundary IoU, written to a JSON file. Resumable (--resume); "
+            "torchrun --nproc-per-node N -m segmentation.evaluate takes the same flags to use N processes."
+        ),
+    )
+    add_evaluate_arguments(evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from .segment_command import run_segment
 
         return run_segment(args)
+    if args.command == "evaluate":
+        from .evaluate import run_evaluate
+
+        return run_evaluate(args)
     if args.command == "graph-example":
         from graphprop.examples import two_moons_demo
 

@@ -60,7 +60,7 @@ def test_lposs_help_lists_the_commands(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "graph-example" in out and "segment" in out
+    assert "graph-example" in out and "segment" in out and "evaluate" in out
 
 
 def test_graph_example_recovers_the_moons(capsys):
