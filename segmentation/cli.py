@@ -6,6 +6,8 @@
   (the graphprop library's example; ``python -m graphprop`` runs the same).
 - ``lposs evaluate --dataset voc --data-root DIR``: mIoU on one of the paper's benchmarks
   (``python -m segmentation.evaluate`` under ``torchrun`` for many processes).
+- ``lposs demo``: a local web page to segment your own images interactively (Gradio, the
+  ``demo`` extra).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_segment_parser(commands)
     _add_evaluate_parser(commands)
+    _add_demo_parser(commands)
     example = commands.add_parser(
         "graph-example",
         help="propagate labels on a small built-in graph (two half-moons) and report",
@@ -75,6 +78,22 @@ def _add_evaluate_parser(commands) -> None:
     add_evaluate_arguments(evaluate)
 
 
+def _add_demo_parser(commands) -> None:
+    from .demo.page import add_demo_arguments
+
+    demo = commands.add_parser(
+        "demo",
+        help='a local web page to segment your own images interactively (pip install "lposs[demo]")',
+        description=(
+            "Serve a page (Gradio) on this machine: upload an image or pick the example, type class names, "
+            "pick LPOSS+ / LPOSS / MaskCLIP (--method: the one selected when the page opens) and the settings, "
+            "get the overlay, the share of each class and the label PNG. Changing only the classes or settings "
+            "re-uses the image's network features."
+        ),
+    )
+    add_demo_arguments(demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluate import run_evaluate
 
         return run_evaluate(args)
+    if args.command == "demo":
+        from .demo.page import run_demo
+
+        return run_demo(args)
     if args.command == "graph-example":
         from graphprop.examples import two_moons_demo
 

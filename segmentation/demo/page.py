@@ -1,0 +1,167 @@
+"""The Gradio page around a :class:`~segmentation.demo.app.DemoApp`, and the ``lposs demo`` command.
+
+Gradio is an optional extra (``pip install "lposs[demo]"``), imported only when a page is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import time
+
+from .._command_common import add_model_arguments, build_segmenter
+from ..segment_command import DEFAULT_CLASSES, EXAMPLE_IMAGE
+from .app import DEFAULT_MAX_PIXELS, METHODS, SETTINGS, DemoApp, DemoInputError
+
+__all__ = ["add_demo_arguments", "build_app", "launch", "run_demo"]
+
+INSTALL_HINT = 'pip install "lposs[demo]" (in a checkout: pip install -e ".[demo]")'
+STAGE_TEXT = {
+    "preprocess": "preparing the image", "vlm": "CLIP features (network 1/2)", "vm": "DINO features (network 2/2)",
+    "text": "text embeddings", "patch propagation": "patch propagation", "pixel propagation": "pixel propagation",
+    "render": "drawing the overlay",
+}
+
+
+def _import_gradio():
+    """Gradio, with its usage analytics off (nothing the demo does may reach the network)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio
+
+    return gradio
+
+
+def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None, title: str = "LPOSS demo"):
+    """The Gradio page (a ``gr.Blocks``) around ``app``; ``method`` is the one selected when it opens,
+    ``notice`` a line shown under the title (e.g. that the networks have random weights)."""
+    gr = _import_gradio()
+    defaults = app.default_settings
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
+        gr.Markdown("## LPOSS: segment your image with your own words\nUpload an image, name the classes, "
+                    "press **Segment**. Changing only the classes, the method or the settings re-uses the image's "
+                    "network features, so it answers in the time of text + propagation.")
+        if notice:
+            gr.Markdown(f"**{notice}**", elem_id="lposs-notice")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload"],
+                                 elem_id="lposs-image")
+                classes = gr.Textbox(label="Class names", placeholder="road, car, sky;cloud", elem_id="lposs-classes",
+                                     info="',' between classes, ';' between synonyms of one class (Enter runs)")
+                chosen = gr.Radio(list(METHODS), value=method, label="Method", elem_id="lposs-method",
+                                  info="LPOSS+: patch + pixel propagation; LPOSS: patch only; MaskCLIP: none")
+                with gr.Accordion("Settings (published defaults)", open=False):
+                    k = gr.Slider(1, 1000, value=defaults["k"], step=1, label="k: neighbours per patch")
+                    alpha = gr.Slider(0.5, 0.99, value=defaults["alpha"], step=0.01,
+                                      label="alpha: propagation strength")
+                    tau = gr.Slider(0.001, 0.1, value=defaults["tau"], step=0.001, label="tau: pixel edge temperature")
+                    window = gr.Slider(3, 31, value=defaults["pixel_window"], step=2, label="pixel window (LPOSS+)")
+                    reset = gr.Button("Reset settings", size="sm", elem_id="lposs-reset")
+                run = gr.Button("Segment", variant="primary", elem_id="lposs-run")
+                gr.Examples([[str(EXAMPLE_IMAGE), DEFAULT_CLASSES]], inputs=[image, classes],
+                            label="Example shipped with lposs (scikit-learn's china.jpg, CC BY 2.0)")
+            with gr.Column():
+                overlay = gr.Image(label="Overlay", type="filepath", format="png", interactive=False,
+                                   buttons=["fullscreen"], elem_id="lposs-overlay")  # downloads are below
+                legend = gr.HTML(elem_id="lposs-legend")
+                downloads = gr.File(label="Downloads: label PNG (pixel value = class index) and overlay",
+                                    file_count="multiple", interactive=False, elem_id="lposs-downloads")
+                status = gr.Markdown(f"Networks ran {app.encode_count} time(s) since the server started.",
+                                     elem_id="lposs-status")
+
+        def segment(upload, text, method_name, k_value, alpha_value, tau_value, window_value, progress=gr.Progress()):
+            # the inputs arrive unprocessed (preprocess=False): the upload is Gradio's file record, its path
+            # in Gradio's upload folder; the app opens it itself and says on the page what is wrong with it
+            path = upload.get("path") if isinstance(upload, dict) else None
+            settings = {"k": k_value, "alpha": alpha_value, "tau": tau_value, "pixel_window": window_value}
+            try:
+                order = app.stage_order(method_name)
+
+                def on_stage(name: str) -> None:
+                    progress((order.index(name), len(order)), desc=STAGE_TEXT.get(name, name), unit="stages")
+
+                result = app.run(path, text, method_name, settings, on_stage=on_stage)
+            except DemoInputError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+            return (str(result.overlay_path), result.legend_html,
+                    [str(result.labels_path), str(result.overlay_path)], result.status)
+
+        inputs = [image, classes, chosen, k, alpha, tau, window]
+        outputs = [overlay, legend, downloads, status]
+        run.click(segment, inputs, outputs, concurrency_limit=1, preprocess=False)
+        classes.submit(segment, inputs, outputs, concurrency_limit=1, preprocess=False)
+        reset.click(lambda: tuple(defaults[name] for name in SETTINGS), outputs=[k, alpha, tau, window])
+    return blocks
+
+
+def launch(blocks, app: DemoApp, *, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
+    """Serve the page: no share link, uploads capped in bytes too; returns Gradio's ``(app, local_url, _)``."""
+    return blocks.launch(
+        server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
+        quiet=True, show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False,
+        max_file_size=max(50_000_000, 8 * app.max_pixels),  # a 16-bit RGBA PNG without compression
+    )
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options of every command (--method is the one selected when the page opens) and the server's."""
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
+                             "the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:.0e}, i.e. 20 megapixels)")
+
+
+def _error(message: str) -> None:
+    print(f"lposs demo: error: {message}", file=sys.stderr)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Serve the page until Ctrl+C; returns the exit status (0, or 2 on bad options or a missing extra)."""
+    import encoders
+
+    try:
+        _import_gradio()
+    except ImportError:
+        _error(f"the demo needs Gradio, an optional extra: {INSTALL_HINT}")
+        return 2
+    if not 0 < args.port < 65536 or not args.max_pixels >= 1:
+        _error(f"--port must be in 1..65535 and --max-pixels >= 1, got {args.port} and {args.max_pixels:g}")
+        return 2
+    try:
+        model = build_segmenter("lposs+", args.vlm, args.vm, device=args.device, random_init=args.random_init,
+                                prog="lposs demo")
+    except (encoders.WeightsUnavailableError, ValueError, TypeError) as error:
+        _error(str(error))
+        return 2
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = int(args.max_pixels)  # PIL's decompression-bomb guard agrees with the page's limit
+    app = DemoApp(model.vlm, model.vm, max_pixels=int(args.max_pixels))
+    notice = "Random weights (--random-init): the labels are meaningless." if args.random_init else None
+    blocks = build_app(app, method={"lposs+": "LPOSS+", "lposs": "LPOSS", "maskclip": "MaskCLIP"}[args.method],
+                       notice=notice)
+    try:  # Ctrl+C at any point from here stops the server cleanly
+        try:
+            _, url, _ = launch(blocks, app, host=args.host, port=args.port, block=False)
+        except OSError as error:
+            _error(f"cannot serve on {args.host}:{args.port}: {error}")
+            return 2
+        try:
+            loopback = ipaddress.ip_address(args.host).is_loopback
+        except ValueError:
+            loopback = args.host == "localhost"
+        if not loopback:
+            print(f"lposs demo: warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
+        print(f"lposs demo: open {url} in a browser (Ctrl+C stops the server)", flush=True)
+        while blocks.is_running:  # Gradio's block_thread(), without its message
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("lposs demo: stopped", file=sys.stderr)
+    finally:
+        blocks.close(verbose=False)
+    return 0

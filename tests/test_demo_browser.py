@@ -1,0 +1,277 @@
+"""``lposs demo`` end to end in headless Chromium (Debian's ``chromium`` driven by Playwright).
+
+The page is served on 127.0.0.1 in this process with small random-weight encoders (the published
+architectures are served by ``lposs demo --random-init`` in test_demo.py); the browser uploads an
+image, types classes, runs, sees the overlay and legend, changes the classes and sees the result
+change while the networks ran once. Without Chromium at /usr/bin/chromium (``LPOSS_TEST_CHROMIUM``
+moves it) or without Playwright these tests skip, saying why.
+
+``python tests/test_demo_browser.py docs/demo.png`` retakes the README's screenshot: ``lposs demo
+--random-init`` on the shipped example.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("LPOSS_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STATUS = re.compile(r"Networks ran (\d+) time\(s\)")
+RESULT = re.compile(r"Result (\d+):")
+# Gradio's queue calls pandas in ways pandas 3 deprecates; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def _open_page(browser, url: str, outside: list[str]):
+    """A page on ``url`` whose requests anywhere else are refused and recorded in ``outside``."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(60_000)
+
+    def only_this_server(route):
+        if route.request.url.startswith(url.rstrip("/") + "/") or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(url)
+    page.wait_for_selector("#lposs-run")
+    return page
+
+
+def _upload(page, path: Path) -> None:
+    """Put ``path`` in the image box and wait until the page shows it (the file's URL ends in its name)."""
+    page.set_input_files("#lposs-image input[type=file]", str(path))
+    page.wait_for_selector(f"#lposs-image img[src$='/{path.name}']", state="attached")
+
+
+def _segment(page, classes: str | None = None) -> None:
+    """Type the classes (when given), press Segment and wait until the run has finished."""
+    if classes is not None:
+        page.fill("#lposs-classes textarea", classes)
+    before = RESULT.search(page.locator("#lposs-status").inner_text())
+    page.click("#lposs-run")
+    page.wait_for_function(  # every successful run writes "Result N: ..." with the next N
+        "before => { const m = /Result (\\d+):/.exec(document.querySelector('#lposs-status').innerText);"
+        " return m !== null && Number(m[1]) > before; }",
+        arg=int(before.group(1)) if before else 0)
+
+
+def _expect_message(page, text: str) -> None:
+    page.get_by_text(text, exact=False).first.wait_for(state="visible")
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def playwright_api():
+    sync_api = pytest.importorskip("playwright.sync_api", reason='Playwright is missing: pip install -e ".[test]"')
+    pytest.importorskip("gradio", reason='Gradio is missing: pip install -e ".[demo]"')
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install chromium) "
+                    "to run the browser tests")
+    with sync_api.sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api):
+    browser = _launch_chromium(playwright_api)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_clip_configs):
+    """(url, DemoApp): the page with small random-weight encoders on a free loopback port."""
+    import torch
+
+    from encoders import OpenCLIPEncoder, TimmViTEncoder
+    from segmentation import LPOSSConfig
+    from segmentation.demo import DemoApp, build_app, launch
+
+    pytest.importorskip("gradio", reason='Gradio is missing: pip install -e ".[demo]"')
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        vlm = OpenCLIPEncoder(tiny_clip_configs[0], pretrained=None, device="cpu", templates=["a {}"],
+                              text_cache=False)
+        vm = TimmViTEncoder("vit_small_patch16_224.dino", pretrained=None, device="cpu", model_kwargs={"depth": 2})
+    config = LPOSSConfig(short_side=96, long_side_cap=512, window=64, stride=32, k=30)
+    app = DemoApp(vlm, vm, config, max_pixels=20_000)
+    blocks = build_app(app)
+    _, url, _ = launch(blocks, app, port=_free_port(), block=False)
+    yield url, app
+    blocks.close()
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = {"photo": tmp_path / "photo.png", "big": tmp_path / "big.png", "text": tmp_path / "notes.png"}
+    picture = np.zeros((60, 90, 3), dtype=np.uint8)
+    picture[:, :45] = (200, 40, 40)
+    picture[:, 45:] = (40, 40, 200)
+    picture = np.clip(picture + rng.integers(0, 40, picture.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(picture).save(paths["photo"])
+    Image.fromarray(np.zeros((150, 200, 3), dtype=np.uint8)).save(paths["big"])  # 30,000 pixels > 20,000
+    paths["text"].write_text("not an image")
+    return paths
+
+
+# --------------------------------------------------------------------------- tests
+def test_upload_segment_then_relabel_without_encoding_again(browser, served, images):
+    url, app = served
+    outside: list[str] = []
+    page = _open_page(browser, url, outside)
+    stages = "window.__lposs_stages = new Set(); new MutationObserver(() => document.querySelectorAll(" \
+             "'[role=progressbar]').forEach(e => window.__lposs_stages.add(e.getAttribute('aria-label'))))" \
+             ".observe(document.body, {subtree: true, childList: true, attributes: true});"
+    page.evaluate(stages)
+    count = app.encode_count
+
+    _upload(page, images["photo"])
+    _segment(page, "road, car, sky;cloud")
+    overlay = page.locator("#lposs-overlay img")
+    overlay.wait_for(state="visible")
+    first_overlay = overlay.get_attribute("src")
+    first_legend = page.locator("#lposs-legend .lposs-class").all_inner_texts()
+    assert first_legend and set(first_legend) <= {"road", "car", "sky (cloud)"}
+    assert page.locator("#lposs-legend .lposs-swatch").count() == len(first_legend)
+    assert "%" in page.locator("#lposs-legend").inner_text()
+    assert int(STATUS.search(page.locator("#lposs-status").inner_text()).group(1)) == count + 1
+    assert "image encoded now" in page.locator("#lposs-status").inner_text()
+    downloads = re.sub(r"\s", "", page.locator("#lposs-downloads").inner_text())
+    assert "photo_labels.png" in downloads and "photo_overlay.png" in downloads
+    assert app.encode_count == count + 1
+
+    _segment(page, "tree, water, grass")
+    assert page.locator("#lposs-overlay img").get_attribute("src") != first_overlay
+    second_legend = page.locator("#lposs-legend .lposs-class").all_inner_texts()
+    assert second_legend and set(second_legend) <= {"tree", "water", "grass"}
+    status = page.locator("#lposs-status").inner_text()
+    assert "re-used the encoded image" in status
+    assert int(STATUS.search(status).group(1)) == count + 1 and app.encode_count == count + 1
+
+    page.get_by_label("MaskCLIP").check()  # another method: still no network pass
+    _segment(page)
+    assert ": MaskCLIP in" in page.locator("#lposs-status").inner_text()
+    assert app.encode_count == count + 1
+
+    seen = page.evaluate("Array.from(window.__lposs_stages)")
+    assert any("propagation" in (s or "") or "text embeddings" in (s or "") for s in seen), seen
+    assert outside == [], f"the page tried to reach the network: {outside}"
+    page.close()
+
+
+def test_bad_input_shows_a_message_and_the_server_keeps_serving(browser, served, images):
+    url, app = served
+    outside: list[str] = []
+    page = _open_page(browser, url, outside)
+    count = app.encode_count
+    page.click("#lposs-run")
+    _expect_message(page, "No image: upload one")
+
+    _upload(page, images["photo"])
+    page.fill("#lposs-classes textarea", "car, road, car")
+    page.click("#lposs-run")
+    _expect_message(page, "given twice")
+    page.fill("#lposs-classes textarea", "")
+    page.click("#lposs-run")
+    _expect_message(page, "No class names")
+
+    _upload(page, images["big"])
+    page.fill("#lposs-classes textarea", "road, car")
+    page.click("#lposs-run")
+    _expect_message(page, "big.png is too large (200 x 150)")
+
+    _upload(page, images["text"])
+    page.click("#lposs-run")
+    _expect_message(page, "Cannot read notes.png: it is not an image file")
+
+    _upload(page, images["photo"])
+    _segment(page, "road, car")  # still serving; the photo was encoded by the other test or now
+    assert "%" in page.locator("#lposs-legend").inner_text()
+    assert app.encode_count <= count + 1
+    assert outside == [], f"the page tried to reach the network: {outside}"
+    page.close()
+
+
+def test_reset_restores_the_published_defaults(browser, served):
+    url, app = served
+    page = _open_page(browser, url, [])
+    page.get_by_text("Settings (published defaults)").click()
+    k = page.get_by_label("number input for k: neighbours per patch")
+    k.fill("77")
+    k.press("Enter")
+    read_k = "v => document.querySelector('input[aria-label=\"number input for k: neighbours per patch\"]').value === v"
+    page.wait_for_function(read_k, arg="77")
+    page.click("#lposs-reset")
+    page.wait_for_function(read_k, arg="30")  # the app's default (the published one is 400)
+    page.close()
+
+
+# --------------------------------------------------------------------------- the README's screenshot
+def take_screenshot(out: Path) -> None:  # pragma: no cover - run by hand
+    """Serve ``lposs demo --random-init``, segment the shipped example in headless Chromium, save the page."""
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "-m", "segmentation.cli", "demo", "--random-init", "--device", "cpu",
+                               "--port", str(port)], env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as playwright:
+            browser = _launch_chromium(playwright)
+            page = _open_page(browser, url, [])
+            page.set_viewport_size({"width": 1280, "height": 1000})
+            page.locator("#lposs-image").scroll_into_view_if_needed()
+            page.locator("table tbody tr").filter(has_text="building;temple").first.click()  # the example row
+            page.wait_for_selector("#lposs-image img")
+            page.get_by_text("Settings (published defaults)").click()
+            _segment(page)
+            page.locator("#lposs-overlay img").wait_for(state="visible")
+            time.sleep(1)
+            page.screenshot(path=str(out), full_page=True)
+            with Image.open(out) as shot:  # 256 colours: a third of the size, no visible loss
+                shot = shot.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+            shot.save(out, optimize=True)
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl+C: a clean stop
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    take_screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/demo.png"))
