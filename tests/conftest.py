@@ -79,3 +79,23 @@ def quiet_random_init():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random weights.*")
         yield
+
+
+# LPOSS settings for small images (a 96 px short side, windows of 64), so a pipeline runs in a second.
+SMALL_CONFIG_KWARGS = dict(short_side=96, long_side_cap=512, window=64, stride=32, k=30)
+
+
+@pytest.fixture(scope="session")
+def small_encoders(tiny_clip_configs):
+    """(vlm, vm) with random weights: the tiny open_clip ViT (one template) and a 2-block DINO ViT-S/16."""
+    import torch
+
+    from encoders import OpenCLIPEncoder, TimmViTEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        vlm = OpenCLIPEncoder(tiny_clip_configs[0], pretrained=None, device="cpu", templates=["a {}"],
+                              text_cache=False)
+        vm = TimmViTEncoder("vit_small_patch16_224.dino", pretrained=None, device="cpu", model_kwargs={"depth": 2})
+    return vlm, vm

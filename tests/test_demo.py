@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,13 @@ import torch
 from PIL import Image
 
 import segmentation.demo
-from encoders import OpenCLIPEncoder, TimmViTEncoder
+from conftest import SMALL_CONFIG_KWARGS
 from segmentation import LPOSS, LPOSSConfig, MaskCLIP, cli
 from segmentation.demo import DemoApp, DemoInputError
 from segmentation.demo.app import legend_html, parse_classes
 from segmentation.render import class_colours
 
-SMALL = LPOSSConfig(short_side=96, long_side_cap=512, window=64, stride=32, k=30)
-
-
-@pytest.fixture(scope="module")
-def small_encoders(tiny_clip_configs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        vlm = OpenCLIPEncoder(tiny_clip_configs[0], pretrained=None, device="cpu", templates=["a {}"],
-                              text_cache=False)
-        vm = TimmViTEncoder("vit_small_patch16_224.dino", pretrained=None, device="cpu", model_kwargs={"depth": 2})
-    return vlm, vm
+SMALL = LPOSSConfig(**SMALL_CONFIG_KWARGS)
 
 
 @pytest.fixture()

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,22 +105,15 @@ def browser(playwright_api):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_clip_configs):
+def served(small_encoders):
     """(url, DemoApp): the page with small random-weight encoders on a free loopback port."""
-    import torch
-
-    from encoders import OpenCLIPEncoder, TimmViTEncoder
+    from conftest import SMALL_CONFIG_KWARGS
     from segmentation import LPOSSConfig
     from segmentation.demo import DemoApp, build_app, launch
 
     pytest.importorskip("gradio", reason='Gradio is missing: pip install -e ".[demo]"')
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        vlm = OpenCLIPEncoder(tiny_clip_configs[0], pretrained=None, device="cpu", templates=["a {}"],
-                              text_cache=False)
-        vm = TimmViTEncoder("vit_small_patch16_224.dino", pretrained=None, device="cpu", model_kwargs={"depth": 2})
-    config = LPOSSConfig(short_side=96, long_side_cap=512, window=64, stride=32, k=30)
+    vlm, vm = small_encoders
+    config = LPOSSConfig(**SMALL_CONFIG_KWARGS)
     app = DemoApp(vlm, vm, config, max_pixels=20_000)
     blocks = build_app(app)
     _, url, _ = launch(blocks, app, port=_free_port(), block=False)

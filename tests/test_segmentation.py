@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from encoders import OpenCLIPEncoder, TimmViTEncoder
+from conftest import SMALL_CONFIG_KWARGS
 from segmentation import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
 from segmentation.color import LAB_SCALE, rgb_to_lab
 from segmentation.lposs import merge_windows, patch_propagation, pixel_propagation
@@ -18,7 +18,7 @@ from segmentation.preprocess import load_image, resize_image, window_boxes, work
 
 pytestmark = pytest.mark.usefixtures("quiet_random_init")
 
-SMALL = LPOSSConfig(short_side=96, long_side_cap=512, window=64, stride=32, k=30)
+SMALL = LPOSSConfig(**SMALL_CONFIG_KWARGS)
 
 
 def scipy_cg_per_column(matrix, y, alpha=0.95, tol=1e-6, max_iter=10):
@@ -194,19 +194,6 @@ def test_config_is_validated():
 
 
 # --------------------------------------------------------------------------- pipeline
-@pytest.fixture(scope="module")
-def small_encoders(tiny_clip_configs):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        vlm = OpenCLIPEncoder(tiny_clip_configs[0], pretrained=None, device="cpu", templates=["a {}", "{}"],
-                              text_cache=False)
-        vm = TimmViTEncoder("vit_small_patch16_224.dino", pretrained=None, device="cpu", model_kwargs={"depth": 2})
-    return vlm, vm
-
-
 def test_pipeline_shapes_determinism_and_reuse(small_encoders):
     vlm, vm = small_encoders
     model = LPOSS(vlm, vm, SMALL)
