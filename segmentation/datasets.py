@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -63,7 +62,6 @@ class DatasetInfo:
         return len(self.classes)
 
 
-@lru_cache(maxsize=1)
 def _load_registry() -> dict[str, DatasetInfo]:
     raw = json.loads((Path(__file__).parent / "data" / "datasets.json").read_text(encoding="utf-8"))
     return {name: DatasetInfo(name=name, **{**spec, "classes": tuple(spec["classes"])})
@@ -164,8 +162,7 @@ class SegmentationDataset(Sequence[Sample]):
             split = self.root / info.split
             if not split.is_file():
                 raise self._fail(f"split file not found: {split}")
-            names = [line.strip() for line in split.read_text(encoding="utf-8").splitlines() if line.strip()]
-            relative = names
+            relative = [line.strip() for line in split.read_text(encoding="utf-8").splitlines() if line.strip()]
         else:
             relative = sorted(
                 str(path.relative_to(img_dir))[: -len(info.img_suffix)]
@@ -257,8 +254,7 @@ def write_synthetic_dataset(name: str, data_root: str | os.PathLike, count: int 
     names = []
     palette = (rng.integers(0, 256, (256, 3))).astype(np.uint8)
     for i in range(count):
-        folder = f"city{i % 2}/" if info.name == "cityscapes" else ""
-        stem = f"{folder}{'city' + str(i % 2) + '_' if folder else ''}{i:06d}"
+        stem = f"city{i % 2}/city{i % 2}_{i:06d}" if info.name == "cityscapes" else f"{i:06d}"  # a folder per city
         height, width = size
         image = np.empty((height, width, 3), dtype=np.uint8)
         image[:] = rng.integers(0, 256, 3)
