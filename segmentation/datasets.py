@@ -181,7 +181,10 @@ class SegmentationDataset(Sequence[Sample]):
 
 
 def _layout_tree(info: DatasetInfo, root: Path) -> str:
-    lines = [f"expected layout under {root.parent if info.root else root}:", f"  {info.root}/"]
+    data_root = root
+    for _ in Path(info.root).parts:  # root = data_root / info.root
+        data_root = data_root.parent
+    lines = [f"expected layout under {data_root}:", f"  {info.root}/"]
     lines.append(f"    {info.img_dir}/<name>{info.img_suffix}")
     lines.append(f"    {info.ann_dir}/<name>{info.ann_suffix}")
     if info.split:

@@ -81,7 +81,7 @@ def test_a_missing_dataset_shows_the_expected_layout(tmp_path):
     with pytest.raises(DatasetLayoutError) as info:
         load_dataset("voc", tmp_path)
     message = str(info.value)
-    for part in ("VOCdevkit/VOC2012", "JPEGImages/<name>.jpg", "SegmentationClass/<name>.png",
+    for part in (f"expected layout under {tmp_path}:", "VOCdevkit/VOC2012", "JPEGImages/<name>.jpg", "SegmentationClass/<name>.png",
                  "ImageSets/Segmentation/val.txt", "folder not found"):
         assert part in message
     write_synthetic_dataset("ade20k", tmp_path, count=1)
