@@ -24,6 +24,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--random-init", action="store_true",
                         help="random network weights (smoke tests and timing; the labels are meaningless)")
+    parser.add_argument("--resize", choices=("torch", "opencv"), default="torch",
+                        help="how 8-bit images are resized: torch (default, the published rule) or opencv "
+                             "(OpenCV's own arithmetic, bit-exact with the published code; needs "
+                             "opencv-python-headless)")
 
 
 def check_device(device: str | None) -> None:
@@ -51,9 +55,10 @@ def read_class_list(classes: str | None, classes_file: str | None) -> list[str] 
 
 
 def build_segmenter(method: str, vlm: str, vm: str, *, device: str | None = None, random_init: bool = False,
-                    config=None, prog: str = "lposs"):
-    """LPOSS (``lposs+``, ``lposs``) or MaskCLIP from encoder specs. open_clip's log lines are
-    silenced (an error says it in one line); ``random_init`` says so on stderr."""
+                    resize: str = "torch", config=None, prog: str = "lposs"):
+    """LPOSS (``lposs+``, ``lposs``) or MaskCLIP from encoder specs, with the published settings
+    (or ``config``). open_clip's log lines are silenced (an error says it in one line);
+    ``random_init`` says so on stderr; ``resize="opencv"`` needs OpenCV (checked here)."""
     import torch
 
     import encoders
@@ -63,7 +68,14 @@ def build_segmenter(method: str, vlm: str, vm: str, *, device: str | None = None
     check_device(device)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    config = LPOSSConfig(pixel_refine=method == "lposs+") if config is None else config
+    config = LPOSSConfig(pixel_refine=method == "lposs+", resize=resize) if config is None else config
+    if config.resize == "opencv":
+        from .preprocess import _import_cv2
+
+        try:
+            _import_cv2()
+        except ImportError as error:
+            raise ValueError(str(error)) from None
     kwargs: dict = {"device": device}
     if random_init:
         kwargs["pretrained"] = None

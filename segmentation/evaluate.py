@@ -216,7 +216,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         try:
             model = build_segmenter(args.method, args.vlm, args.vm, device=dist.device, random_init=args.random_init,
-                                    prog=PROG)
+                                    resize=args.resize, prog=PROG)
         except (encoders.WeightsUnavailableError, ValueError, TypeError) as error:
             _error(str(error))
             return 2

@@ -13,7 +13,7 @@ from torch import Tensor
 import encoders
 
 from .lposs import merge_windows, patch_propagation, pixel_propagation
-from .preprocess import ImageInput, load_image, resize_image, window_boxes, working_size
+from .preprocess import RESIZE_METHODS, ImageInput, load_image, resize_image, window_boxes, working_size
 
 __all__ = ["ImageFeatures", "LPOSS", "LPOSSConfig", "MaskCLIP"]
 
@@ -33,6 +33,9 @@ class LPOSSConfig:
     alpha, tol, max_iter : label propagation (0.95, 1e-6, 10 CG iterations), both stages.
     tau, pixel_window : pixel graph (0.01, a 13 x 13 window).
     pixel_refine : LPOSS+ (True) or LPOSS (False).
+    resize : how 8-bit images are resized (§1): "torch" (default; the published rule in float,
+        rounded) or "opencv" (OpenCV's own fixed-point ``INTER_LINEAR``, bit-exact with the
+        published pipeline; needs ``opencv-python-headless``).
     """
 
     short_side: int = 448
@@ -50,6 +53,7 @@ class LPOSSConfig:
     tol: float = 1e-6
     max_iter: int = 10
     pixel_refine: bool = True
+    resize: str = "torch"
 
     def __post_init__(self):
         for name in ("short_side", "long_side_cap", "window", "stride", "k", "max_iter"):
@@ -69,6 +73,8 @@ class LPOSSConfig:
         for name in ("sigma", "tol"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"LPOSSConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"LPOSSConfig.resize must be one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
         for name in ("sliding", "pixel_refine"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LPOSSConfig.{name} must be True or False, got {getattr(self, name)!r}")
@@ -139,7 +145,7 @@ class _Segmenter:
         original = (int(loaded.shape[1]), int(loaded.shape[2]))
         cfg = self.config
         size = working_size(*original, cfg.short_side, cfg.long_side_cap)
-        resized = resize_image(loaded, size).to(self.device)
+        resized = resize_image(loaded, size, cfg.resize).to(self.device)
         if cfg.sliding:
             boxes = window_boxes(size[0], size[1], cfg.window, cfg.stride)
         else:

@@ -77,17 +77,30 @@ def working_size(height: int, width: int, short_side: int = 448, long_side_cap: 
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+RESIZE_METHODS = ("torch", "opencv")
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int], method: str = "torch") -> torch.Tensor:
     """(3, H, W) uint8 or float -> (3, h, w) float in [0, 1] at ``size``.
 
     8-bit images are resized bilinearly (half-pixel centres, no antialiasing: OpenCV's
     ``INTER_LINEAR`` rule), rounded back to 8 bits, then divided by 255, as the published
-    pipeline. Float images are resized in float without rounding, and returned as given when
-    already at ``size``.
+    pipeline. ``method="torch"`` (the default) computes the rule in float and rounds;
+    ``method="opencv"`` calls OpenCV's ``cv2.resize`` itself (optional dependency
+    ``opencv-python-headless``), whose fixed-point arithmetic differs by one level on some values:
+    bit-exact parity with the published pipeline. Float images are resized in float without
+    rounding (either method), and returned as given when already at ``size``.
     """
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize method must be one of {', '.join(RESIZE_METHODS)}, got {method!r}")
     if image.dtype == torch.uint8:
         if tuple(image.shape[-2:]) == tuple(size):
             return image.float() / 255
+        if method == "opencv":
+            cv2 = _import_cv2()
+            array = image.permute(1, 2, 0).contiguous().cpu().numpy()
+            resized = cv2.resize(array, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            return torch.from_numpy(resized).permute(2, 0, 1).to(image.device).float() / 255
         resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False,
                                 antialias=False)[0]
         return resized.round().clamp(0, 255) / 255
@@ -95,6 +108,15 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return image
     resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
     return resized.clamp(0, 1)
+
+
+def _import_cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError('resize="opencv" needs OpenCV: pip install opencv-python-headless '
+                          '(or pip install "lposs[opencv]")') from None
+    return cv2
 
 
 def window_boxes(height: int, width: int, window: int = 224, stride: int = 112) -> list[tuple[int, int, int, int]]:

@@ -61,3 +61,11 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "lposs-output").exists()
+
+
+def test_opencv_resize_without_opencv_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv-python-headless were not installed
+    assert cli.main(["segment", "--classes", "a", "--resize", "opencv", "--random-init"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install opencv-python-headless" in err[0], err

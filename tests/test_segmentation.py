@@ -160,6 +160,36 @@ def test_resize_rule_of_section_1():
     np.testing.assert_allclose(shrunk.numpy(), bilinear_reference(as_float.double().numpy(), (20, 30)), atol=1e-5)
 
 
+def test_opencv_resize_option(monkeypatch, small_encoders):
+    """resize="opencv" is OpenCV's own INTER_LINEAR on the 8-bit image (the published pipeline's call),
+    within one level of the torch rule; without OpenCV it says how to install it."""
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed")
+    g = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8, generator=g)
+    size = working_size(375, 500)
+    ours = resize_image(image, size, "opencv")
+    published = cv2.resize(image.permute(1, 2, 0).numpy().copy(), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    assert torch.equal(ours * 255, torch.from_numpy(published).permute(2, 0, 1).float())
+    torch_rule = resize_image(image, size)
+    assert (ours - torch_rule).abs().max() <= 1 / 255 + 1e-7
+    assert (ours != torch_rule).any()  # the two rules are not the same arithmetic
+    as_float = image.float() / 255
+    torch.testing.assert_close(resize_image(as_float, (40, 50), "opencv"), resize_image(as_float, (40, 50)))
+    with pytest.raises(ValueError, match="resize method must be one of torch, opencv"):
+        resize_image(image, size, "pil")
+    with pytest.raises(ValueError, match="LPOSSConfig.resize"):
+        LPOSSConfig(resize="pil")
+    vlm, vm = small_encoders
+    config = LPOSSConfig(**{**SMALL_CONFIG_KWARGS, "resize": "opencv"})
+    small = image[:, :50, :70]
+    features = LPOSS(vlm, vm, config).encode(small)
+    expected = cv2.resize(small.permute(1, 2, 0).numpy().copy(), (134, 96), interpolation=cv2.INTER_LINEAR)
+    assert torch.equal(features.image * 255, torch.from_numpy(expected).permute(2, 0, 1).float())
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)
+    with pytest.raises(ImportError, match="pip install opencv-python-headless"):
+        resize_image(image, size, "opencv")
+
+
 def test_image_inputs(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     assert torch.equal(load_image(rgb), torch.from_numpy(rgb).permute(2, 0, 1))

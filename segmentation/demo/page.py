@@ -134,14 +134,14 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     try:
         model = build_segmenter("lposs+", args.vlm, args.vm, device=args.device, random_init=args.random_init,
-                                prog="lposs demo")
+                                resize=args.resize, prog="lposs demo")
     except (encoders.WeightsUnavailableError, ValueError, TypeError) as error:
         _error(str(error))
         return 2
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = int(args.max_pixels)  # PIL's decompression-bomb guard agrees with the page's limit
-    app = DemoApp(model.vlm, model.vm, max_pixels=int(args.max_pixels))
+    app = DemoApp(model.vlm, model.vm, model.config, max_pixels=int(args.max_pixels))
     notice = "Random weights (--random-init): the labels are meaningless." if args.random_init else None
     blocks = build_app(app, method={"lposs+": "LPOSS+", "lposs": "LPOSS", "maskclip": "MaskCLIP"}[args.method],
                        notice=notice)
