@@ -143,8 +143,10 @@ def _nan_to_none(values):
 def _evaluate_sample(model, dataset, index: int, classes, metrics, timings: dict, save_dir: Path | None):
     """Predict one image, add it to the metrics, write its prediction. Raises ValueError / OSError
     for an image or label that cannot be read."""
+    import numpy as np
     import torch
     import torch.nn.functional as F
+    from PIL import Image
 
     from .render import label_image
 
@@ -165,7 +167,10 @@ def _evaluate_sample(model, dataset, index: int, classes, metrics, timings: dict
     if save_dir is not None:
         target = save_dir / sample.folder / f"{sample.name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        label_image(prediction.to(torch.uint8), len(classes)).save(target)
+        if len(classes) <= 256:  # a palette PNG; a 16-bit greyscale PNG for longer class lists
+            label_image(prediction.to(torch.uint8), len(classes)).save(target)
+        else:
+            Image.fromarray(prediction.cpu().numpy().astype(np.uint16)).save(target)
     timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
 
 

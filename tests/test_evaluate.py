@@ -197,3 +197,32 @@ def test_two_processes_under_torchrun_equal_one(tmp_path, tiny_clip_configs):
     assert results[2]["world_size"] == 2 and results[2]["evaluated"] == 3
     assert results[1]["confusion_matrix"] == results[2]["confusion_matrix"]
     assert results[1]["miou"] == results[2]["miou"]
+
+
+def test_predictions_of_more_than_256_classes_are_16_bit(tmp_path):
+    """A palette PNG holds 256 classes; a longer class list is saved as a 16-bit greyscale PNG."""
+    import torch
+
+    from segmentation.datasets import custom_dataset
+    from segmentation.metrics import SegmentationMetrics
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((6, 8, 3), dtype=np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.full((6, 8), 7, dtype=np.uint8)).save(tmp_path / "labels" / "a.png")
+    classes = [f"class {i}" for i in range(300)]
+    data = custom_dataset(tmp_path / "images", tmp_path / "labels", classes)
+
+    class Scores:  # stands in for the model: class 299 everywhere but one pixel of class 7
+        def predict(self, image, class_names, on_stage=None):
+            scores = torch.zeros(len(class_names), 6, 8)
+            scores[299] = 1
+            scores[7, 0, 0] = 2
+            return scores
+
+    metrics = SegmentationMetrics(300)
+    evaluate._evaluate_sample(Scores(), data, 0, classes, metrics, {}, tmp_path / "out")
+    saved = Image.open(tmp_path / "out" / "a.png")
+    values = np.asarray(saved)
+    assert values[0, 0] == 7 and values[1, 1] == 299 and values.shape == (6, 8)
+    assert metrics.confusion[7, 7] == 1 and metrics.confusion[7, 299] == 47
