@@ -242,13 +242,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 _error(f"{state_path} was saved by a run with other settings; rerun without --resume to start over")
                 return 2
             metrics.load_state_dict(state["metrics"])
-            done, skipped = set(state["done"]), list(state["skipped"])
+            done, skipped, timings = set(state["done"]), list(state["skipped"]), dict(state["timings"])
         elif args.resume and dist.rank == 0:
             print(f"{PROG}: nothing to resume in {state_path.parent}; starting from the first image", file=sys.stderr)
 
         start = time.perf_counter()
         model.vlm.encode_text(classes)  # once per run; every image then finds it in memory
-        timings["text"] = time.perf_counter() - start
+        timings["text"] = timings.get("text", 0.0) + time.perf_counter() - start
 
         shard = [i for i in range(count) if i % dist.world == dist.rank]
         todo = [i for i in shard if dataset[i].key not in done]
@@ -257,7 +257,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                    initial=len(shard) - len(todo), total=len(shard))
         def save():
             _save_state(state_path, {"fingerprint": fingerprint, "metrics": metrics.state_dict(),
-                                     "done": sorted(done), "skipped": skipped})
+                                     "done": sorted(done), "skipped": skipped, "timings": timings})
 
         save()  # from here on a --resume knows these settings, even if the first image is interrupted
         evaluated = 0

@@ -103,7 +103,12 @@ def test_resume_after_an_interruption_gives_the_same_result(voc, full_run, tmp_p
 
     monkeypatch.setattr(evaluate, "_evaluate_sample", interrupted)
     assert cli.main(_args(root, out, "--measure-boundary")) == 130
-    assert not out.exists() and (tmp_path / "results.json.partial" / "rank0-of-1.pt").is_file()
+    state = tmp_path / "results.json.partial" / "rank0-of-1.pt"
+    assert not out.exists() and state.is_file()
+    import torch
+
+    saved = torch.load(state, weights_only=False)
+    assert len(saved["done"]) == 1 and saved["metrics"]["images"] == 1 and saved["timings"]["vlm"] > 0
     monkeypatch.setattr(evaluate, "_evaluate_sample", real)
     resumed_calls = []
     monkeypatch.setattr(evaluate, "_evaluate_sample", lambda *a, **k: resumed_calls.append(1) or real(*a, **k))
