@@ -255,6 +255,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         save_dir = Path(args.save_predictions) if args.save_predictions else None
         bar = tqdm(todo, desc=f"{dataset.info.name} ({args.method})", unit="image", disable=dist.rank != 0,
                    initial=len(shard) - len(todo), total=len(shard))
+
         def save():
             _save_state(state_path, {"fingerprint": fingerprint, "metrics": metrics.state_dict(),
                                      "done": sorted(done), "skipped": skipped, "timings": timings})
