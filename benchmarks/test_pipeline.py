@@ -22,6 +22,7 @@ import torch
 from benchmarks.workloads import VOC_CLASSES, peak_memory_mb, published_lposs_plus, synthetic_photo
 from encoders import OpenCLIPEncoder, TimmViTEncoder
 from segmentation import LPOSS
+from segmentation.pipeline import StageTimer
 
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
@@ -46,11 +47,12 @@ def text(model):
 
 
 def _ours(model, image, stages):
+    """One image; ``stages`` gets this round's seconds per stage (the last round's are reported)."""
+    stages.clear()
     start = time.perf_counter()
-    marks = []
-    scores = model.predict(image, list(VOC_CLASSES), on_stage=lambda name: marks.append((name, time.perf_counter())))
-    marks.append(("end", time.perf_counter()))
-    stages.update({name: end - begin for (name, begin), (_, end) in zip(marks, marks[1:])})
+    timer = StageTimer(stages)
+    scores = model.predict(image, list(VOC_CLASSES), on_stage=timer)
+    timer.stop()
     stages["total"] = time.perf_counter() - start
     return scores
 

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from .pipeline import PUBLISHED_VLM, PUBLISHED_VM
+from .preprocess import RESIZE_METHODS
 
 METHODS = ("lposs+", "lposs", "maskclip")
 
@@ -24,7 +25,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--random-init", action="store_true",
                         help="random network weights (smoke tests and timing; the labels are meaningless)")
-    parser.add_argument("--resize", choices=("torch", "opencv"), default="torch",
+    parser.add_argument("--resize", choices=RESIZE_METHODS, default="torch",
                         help="how 8-bit images are resized: torch (default, the published rule) or opencv "
                              "(OpenCV's own arithmetic, bit-exact with the published code; needs "
                              "opencv-python-headless)")

@@ -148,17 +148,16 @@ def _evaluate_sample(model, dataset, index: int, classes, metrics, timings: dict
     import torch.nn.functional as F
     from PIL import Image
 
+    from .pipeline import StageTimer
     from .render import label_image
 
     sample = dataset[index]
     start = time.perf_counter()
     image, label = dataset.load(index)
     timings["load"] = timings.get("load", 0.0) + time.perf_counter() - start
-    marks: list = []
-    scores = model.predict(image, classes, on_stage=lambda name: marks.append((name, time.perf_counter())))
-    marks.append(("", time.perf_counter()))
-    for (name, begin), (_, end) in zip(marks, marks[1:]):
-        timings[name] = timings.get(name, 0.0) + end - begin
+    timer = StageTimer(timings)  # adds each stage's seconds into ``timings``
+    scores = model.predict(image, classes, on_stage=timer)
+    timer.stop()
     start = time.perf_counter()
     if scores.shape[1:] != label.shape:  # an image and label of different sizes: score at the label's
         scores = F.interpolate(scores[None], size=tuple(label.shape), mode="bilinear", align_corners=False)[0]

@@ -287,3 +287,17 @@ def test_stages_are_reported_and_each_network_runs_once(small_encoders, monkeypa
     assert LPOSS(vlm, vm, SMALL).stages == ("text", "preprocess", "vlm", "vm", "patch propagation",
                                             "pixel propagation")
     assert MaskCLIP(vlm, SMALL).stages == ("text", "preprocess", "vlm")
+
+
+def test_stage_timer_adds_up_each_stage(monkeypatch):
+    from segmentation import pipeline
+
+    clock = iter([0.0, 1.0, 1.5, 4.0, 4.0, 6.5])  # start text, end it, start vlm, end it, start text, end
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: next(clock))
+    timer = pipeline.StageTimer({"text": 2.0})  # earlier totals go on
+    timer("text")
+    timer("vlm")
+    timer("text")
+    timer.stop()
+    timer.stop()  # nothing running: no change
+    assert timer.seconds == {"text": 2.0 + 1.0 + 2.5, "vlm": 2.5}
