@@ -167,6 +167,57 @@ class Graph:
         dense = torch.zeros(n, n, dtype=self.dtype, device=self.device)
         return dense.index_put_((self.edge_index[0], self.edge_index[1]), self.edge_weight, accumulate=True)
 
+    # ------------------------------------------------- cached derived structures
+    def is_symmetric(self) -> bool:
+        """Whether ``W == W^T``: after summing duplicate edges and dropping zero
+        weights, the same edges in both directions, each weight within 16 units of
+        float rounding (relative, in the weights' dtype) of its mirror. Exact, not a
+        randomised test; computed once per graph and cached (recomputed if
+        ``edge_index`` or ``edge_weight`` are modified in place)."""
+        return self._cached("symmetric", self._compute_symmetric)
+
+    def _compute_symmetric(self) -> bool:
+        rtol = 16 * torch.finfo(self.dtype).eps
+        if _csr_kernels_usable(self):
+            from . import _csr_kernels
+
+            return _csr_kernels.is_symmetric(*self._receiver_csr(), rtol)
+        a, b = _coalesced_nonzero(self), _coalesced_nonzero(self._transposed())
+        if not torch.equal(a.edge_index, b.edge_index):
+            return False
+        va, vb = a.edge_weight, b.edge_weight
+        return bool(((va - vb).abs() <= rtol * torch.maximum(va.abs(), vb.abs())).all())
+
+    def _receiver_csr(self) -> tuple:
+        """The canonical CSR matrix of ``W^T`` (rows = receiving nodes
+        ``edge_index[1]``, duplicates summed, zeros dropped) as numpy
+        ``(indptr int64, indices int32, values)``; CPU and numba only. Cached."""
+
+        def build() -> tuple:
+            from . import _csr_kernels
+
+            ei = self.edge_index.detach().numpy()
+            return _csr_kernels.canonical_csr(ei[1], ei[0], self.edge_weight.detach().numpy(), self.num_nodes)
+
+        return self._cached("receiver_csr", build)
+
+    def _cached(self, name: str, compute: Any) -> Any:
+        """``compute()`` cached on the (frozen) graph, keyed by the tensors' identity
+        and in-place version counters so that an edited graph is never served stale."""
+        key = (self.edge_index.data_ptr(), self.edge_index._version,
+               self.edge_weight.data_ptr(), self.edge_weight._version)
+        cache = self.__dict__.setdefault("_derived", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = compute()
+        cache[name] = (key, value)
+        return value
+
+    def _transposed(self) -> "Graph":
+        """``W^T``: every edge reversed."""
+        return Graph(self.edge_index.flip(0), self.edge_weight, self.num_nodes)
+
     def __repr__(self) -> str:
         return (
             f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
@@ -205,10 +256,16 @@ def remove_self_loops(graph: "Graph | GridGraph") -> "Graph | GridGraph":
 def sym_normalize(graph: "Graph | GridGraph") -> "Graph | GridGraph":
     """``D^-1/2 W D^-1/2`` with ``D`` the row sums of W; a zero degree counts as 1.
 
-    Each weight is ``(w_ij * d_i^-1/2) * d_j^-1/2`` in that order: in float32 a
-    degree can be denormal, and forming ``d_i^-1/2 * d_j^-1/2`` first can overflow to
-    inf (and give NaN), while this order stays finite. A :class:`GridGraph` keeps its
-    weights and gets ``scale = d^-1/2`` (the same numbers, computed in the stencil).
+    A :class:`Graph` is normalised in float64 whatever its dtype, after scaling the
+    weights by a power of two to the largest one (the result does not depend on the
+    scale), then cast back to the graph's dtype: tiny weights (1e-300, or float32
+    denormals) do not underflow and degree sums cannot overflow. Each weight is
+    ``(w_ij * d_i^-1/2) * d_j^-1/2`` in that order. A :class:`GridGraph` keeps its
+    weights and gets ``scale = d^-1/2`` (the same numbers, computed in the stencil,
+    in the grid's dtype).
+
+    (``label_propagation`` normalises by in-degree, PyG's ``gcn_norm``: that is this
+    function applied to ``W^T``; the two agree on symmetric graphs.)
 
     Raises:
         ValueError: if a weight is negative.
@@ -222,14 +279,56 @@ def sym_normalize(graph: "Graph | GridGraph") -> "Graph | GridGraph":
         return GridGraph(base.weights, base.radius, _inv_sqrt_degree(base.degree()))
     if not finite_nonnegative(graph.edge_weight)[1]:
         raise ValueError("graph must have non-negative edge weights to be normalised")
-    dinv = _inv_sqrt_degree(degree(graph))
+    return _normalized(graph, graph.edge_index[0], zero_degree=1.0)
+
+
+def in_degree_normalize(graph: Graph) -> Graph:
+    """PyG's ``gcn_norm(add_self_loops=False)`` without self-loops: self-loops dropped,
+    ``w_ij * d_i^-1/2 * d_j^-1/2`` with ``d`` the in-degrees (column sums) and a zero
+    in-degree giving 0 (a node nobody points to sends nothing), in float64 as
+    :func:`sym_normalize`, then cast. On a symmetric graph it equals
+    :func:`sym_normalize`."""
+    graph = remove_self_loops(graph)
+    return _normalized(graph, graph.edge_index[1], zero_degree=0.0)
+
+
+def _normalized(graph: Graph, index: Tensor, zero_degree: float) -> Graph:
+    """``w_ij * d_i^-1/2 * d_j^-1/2`` with ``d = sum of the weights at index``, in
+    float64 on power-of-two-scaled weights, cast back to the graph's dtype."""
+    w = _power_of_two_scaled(graph.edge_weight.double())
+    d = torch.zeros(graph.num_nodes, dtype=w.dtype, device=w.device).index_add_(0, index, w)
+    dinv = _inv_sqrt_degree(d)
+    if zero_degree != 1.0:
+        dinv = torch.where(d > 0, dinv, torch.full_like(d, zero_degree))
     i, j = graph.edge_index
-    return Graph(graph.edge_index, graph.edge_weight * dinv[i] * dinv[j], graph.num_nodes)
+    return Graph(graph.edge_index, (w * dinv[i] * dinv[j]).to(graph.dtype), graph.num_nodes)
+
+
+def _power_of_two_scaled(w: Tensor) -> Tensor:
+    """``w * 2^-k`` with ``2^k <= max(w) < 2^(k+1)`` (exact; w unchanged if all zero)."""
+    if w.numel() == 0:
+        return w
+    _, exponent = torch.frexp(w.max())
+    return w if int(exponent) == 0 or not bool(w.max() > 0) else torch.ldexp(w, 1 - exponent)
 
 
 def _inv_sqrt_degree(d: Tensor) -> Tensor:
     """``d^-1/2`` with a zero degree counted as 1."""
     return torch.where(d > 0, d, torch.ones_like(d)).sqrt().reciprocal()
+
+
+def _coalesced_nonzero(graph: Graph) -> Graph:
+    """Duplicates summed, sorted, zero weights dropped."""
+    g = graph.coalesce()
+    keep = g.edge_weight != 0
+    return Graph(g.edge_index[:, keep], g.edge_weight[keep], g.num_nodes)
+
+
+def _csr_kernels_usable(graph: Graph) -> bool:
+    """Whether the numba CSR kernels apply: CPU tensors, int32-indexable nodes, numba."""
+    from ._stencil import numba_available
+
+    return graph.device.type == "cpu" and graph.num_nodes < 2**31 and numba_available()
 
 
 def _is_grid(graph: object) -> bool:

@@ -1,15 +1,28 @@
-"""Label propagation: solve ``(I - alpha * W_hat) Z = Y`` on any graph form.
+"""Label propagation: solve ``(I - alpha * P) Z = Y`` on any graph form.
 
-``W_hat`` is the symmetric normalisation ``D^-1/2 W D^-1/2`` of W without self-loops
-(Zhou et al., "Learning with local and global consistency", 2004). Three solvers:
+Convention (PyG's ``LabelPropagation`` / ``gcn_norm``, exactly): an edge
+``edge_index[:, e] = (i, j)`` of weight ``w`` sends a message from ``i`` to ``j``,
+so ``P = W_hat^T`` and ``(P z)[j] = sum_i W_hat[i, j] z[i]``. With ``normalize=True``
+``W_hat = D^-1/2 W D^-1/2`` of W without self-loops, ``D`` the *in*-degrees
+``d_j = sum_i W[i, j]`` (column sums; a node of in-degree 0 sends nothing, as in
+``gcn_norm``), computed in float64 and then cast (Zhou et al., "Learning with local and global consistency", 2004).
+With ``normalize=False``, ``W_hat = W`` as given. On a symmetric graph
+``P = W_hat``, the symmetric normalisation. Solvers:
 
 - ``"cg"``: conjugate gradient for all columns at once, one sparse-times-dense
   product per iteration, per-column step sizes and per-column stopping
-  (``||r_c|| <= tol * ||y_c||`` from Z = 0): one CG per column, batched.
+  (``||r_c|| <= tol * ||y_c||`` from Z = 0): one CG per column, batched. Needs a
+  symmetric W.
 - ``"fixed_point"``: the Zhou et al. / PyG ``LabelPropagation`` iteration
-  ``F <- alpha W_hat F + (1 - alpha) Y`` from ``F = Y`` on PyG message passing;
-  ``F / (1 - alpha)`` converges to the same Z and is what is returned.
-- ``"direct"``: a dense solve, for small graphs.
+  ``F <- alpha P F + (1 - alpha) Y`` from ``F = Y``; ``F / (1 - alpha)`` converges to
+  the same Z and is what is returned (PyG returns F: multiply by ``1 - alpha``).
+- ``"direct"``: a dense float64 solve, for small graphs.
+- ``"auto"`` (default): ``"direct"`` up to :data:`AUTO_DIRECT_MAX_NODES` nodes (the
+  exact answer, in well under a second), else ``"cg"`` on symmetric graphs and grid
+  graphs, ``"fixed_point"`` on directed ones.
+
+The mapping of scikit-learn's ``LabelSpreading`` and PyG's ``LabelPropagation``
+settings onto these is in ``docs/graphprop.md``.
 """
 
 from __future__ import annotations
@@ -21,21 +34,26 @@ from typing import Callable, Literal, Union, overload
 import torch
 from torch import Tensor
 
-from ._graph import Graph, remove_self_loops, sym_normalize
+from ._graph import Graph, _csr_kernels_usable, in_degree_normalize, sym_normalize
 from ._grid import GridGraph
 from ._validation import finite_nonnegative, check_choice, check_positive_int, check_range, check_same_device, check_tensor
 
 __all__ = ["label_propagation", "PropagationResult", "ConvergenceWarning", "GraphLike"]
 
-SOLVERS = ("cg", "fixed_point", "direct")
+SOLVERS = ("auto", "cg", "fixed_point", "direct")
 GraphLike = Union[Graph, GridGraph, Tensor]
 
 # Largest graph the dense solver accepts: an (N, N) float64 matrix of 2 GiB.
 DIRECT_MAX_NODES = 16_384
+# Largest graph "auto" solves densely: a float64 solve of 2,048 nodes takes about 0.1 s
+# on 2 cores (AMD EPYC, AVX-512; benchmarks/README.md), a CG to 1e-6 on such a graph
+# a few ms, and the dense answer is exact where CG's 10 default iterations may not be.
+AUTO_DIRECT_MAX_NODES = 2_048
 
 
 class ConvergenceWarning(UserWarning):
-    """Some columns stopped at ``max_iter`` before reaching ``tol``."""
+    """Some columns stopped at ``max_iter`` before reaching ``tol``, or (``"cg"``)
+    some rows' scores are all below the residual the solve stopped at."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +63,13 @@ class PropagationResult:
     Attributes:
         z: (N, E) the solution (same shape, dtype and device as ``y``).
         iterations: (E,) int64, iterations run for each column (0 for ``"direct"``
-            and for all-zero columns).
+            and, for every solver, for all-zero columns).
         residual: (E,) relative residual ``||r_c|| / ||y_c||`` when the column
-            stopped (0 for an all-zero column). For ``"fixed_point"``, the residual
-            of the iterate before the last one (an upper bound for the last).
+            stopped (0 for an all-zero column): for ``"cg"`` CG's recursive residual,
+            for ``"fixed_point"`` and ``"direct"`` ``Y - (I - alpha P) Z`` evaluated
+            on the returned Z.
         converged: (E,) bool, ``residual <= tol``.
-        solver: the solver used.
+        solver: the solver used (what ``"auto"`` chose).
     """
 
     z: Tensor
@@ -84,41 +103,59 @@ def label_propagation(
     alpha: float = 0.95,
     tol: float = 1e-6,
     max_iter: int = 10,
-    solver: str = "cg",
+    solver: str = "auto",
     normalize: bool = True,
     return_info: bool = False,
     warn: bool = False,
 ) -> Tensor | PropagationResult:
-    """Solve ``(I - alpha * W_hat) Z = Y``: spread the label scores Y over the graph.
+    """Solve ``(I - alpha * P) Z = Y``: spread the label scores Y over the graph.
+
+    Messages flow along the edges, from ``edge_index[0]`` to ``edge_index[1]``, and
+    are normalised by in-degree (PyG's ``LabelPropagation`` and ``gcn_norm``; see the
+    module doc). Not differentiable: it runs under ``torch.no_grad()`` and accepts
+    inputs that require grad, but Z never does (as PyG's ``LabelPropagation``).
 
     Args:
         graph: the weights W, non-negative: a :class:`Graph`, a torch sparse (N, N)
             tensor (COO/CSR/CSC) or a :class:`GridGraph` (applied as a stencil).
-            ``"cg"`` needs W symmetric.
+            ``"cg"`` needs W symmetric (checked exactly, once per :class:`Graph`).
         y: (N, E) or (N,) float32/float64 initial scores, one column per label.
-        alpha: in (0, 1), how far labels spread (published LPOSS: 0.95).
-        tol: per-column relative residual at which a column stops.
+        alpha: in (0, 1), how far labels spread (published LPOSS: 0.95); a Python,
+            numpy or 0-d tensor number.
+        tol: per-column relative residual ``||Y_c - (I - alpha P) Z_c|| / ||Y_c||``
+            (2-norm) at which a column stops. Not sklearn's ``tol`` (an L1 change
+            of the distributions between iterations): see ``docs/graphprop.md``.
         max_iter: iterations at most, per column (published LPOSS: 10).
-        solver: ``"cg"``, ``"fixed_point"`` or ``"direct"`` (see module doc).
-        normalize: when True (default) W_hat is ``D^-1/2 W D^-1/2`` of W without
-            self-loops (zero degree counts as 1); when False the graph is used as
-            W_hat as given.
+        solver: ``"auto"`` (default), ``"cg"``, ``"fixed_point"`` or ``"direct"``
+            (see module doc). The published LPOSS stages pass ``"cg"``.
+        normalize: when True (default) ``P = W_hat^T`` with ``W_hat`` the
+            in-degree normalisation of W without self-loops; when False ``P = W^T``
+            as given (PyG with an explicit ``edge_weight``).
         return_info: return a :class:`PropagationResult` instead of Z.
         warn: emit a :class:`ConvergenceWarning` when a column stopped at
             ``max_iter`` before reaching ``tol`` (off: the published setting stops at
-            10 iterations by design).
+            10 iterations by design). ``"cg"`` always warns when some rows' scores
+            all lie below the residual it stopped at: their ranking is noise.
 
     Returns:
         Z, shaped like ``y``, in y's dtype and on its device (or a
-        :class:`PropagationResult`).
+        :class:`PropagationResult`). Every solver works in float64 or y's dtype on
+        weights normalised in float64, so a float32 Z is the float64 answer to
+        float32 rounding.
 
     Raises:
         TypeError / ValueError naming the argument: a graph of another type, shapes
         that do not match, negative weights, an empty graph, NaN/inf, a
-        non-symmetric W for ``"cg"``, devices that differ.
+        non-symmetric W for ``"cg"``, devices that differ, a solution that
+        overflows y's dtype.
     """
+    with torch.no_grad():
+        return _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn)
+
+
+def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn):
     graph = _check_graph(graph)
-    y = check_tensor("y", y, floating=True, finite=True)
+    y = check_tensor("y", y, floating=True, finite=True).detach()
     if y.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"y must be float32 or float64, got {y.dtype}")
     if y.dim() not in (1, 2):
@@ -133,23 +170,34 @@ def label_propagation(
     tol = check_range("tol", tol, low=0.0)
     max_iter = check_positive_int("max_iter", max_iter)
     solver = check_choice("solver", solver, SOLVERS)
+    symmetric = _is_symmetric(graph)
+    if solver == "auto":
+        solver = _auto_solver(graph, symmetric)
     if solver == "direct" and graph.num_nodes > DIRECT_MAX_NODES:
         raise ValueError(
             f"solver='direct' builds a dense (N, N) matrix and is limited to "
             f"N <= {DIRECT_MAX_NODES} nodes, got N={graph.num_nodes}; use solver='cg'"
         )
-    if solver == "cg" and not _is_symmetric(graph):
+    if solver == "cg" and not symmetric:
         raise ValueError("graph must be symmetric (W == W^T) for solver='cg'; "
-                         "use graphprop.symmetrize(graph) or solver='fixed_point'")
+                         "use graphprop.symmetrize(graph) (W + W^T) or solver='fixed_point'")
 
     y2 = y.unsqueeze(1) if y.dim() == 1 else y
-    operator = _operator(graph, normalize, y.dtype)
+    y2, exponent = _scale_columns(y2)
+    work = torch.float64 if solver == "direct" else y.dtype
+    operator = _operator(graph, normalize, work, symmetric)
     if solver == "cg":
         z, iters, resid = _solve_cg(operator, y2, alpha, tol, max_iter)
     elif solver == "fixed_point":
         z, iters, resid = _solve_fixed_point(operator, y2, alpha, tol, max_iter)
     else:
-        z, iters, resid = _solve_direct(operator, y2, alpha)
+        z, iters, resid = _solve_direct(operator, y2.double(), alpha)
+    _check_finite_solution(z, normalize)
+    if solver == "cg":
+        _warn_unresolved_rows(z, resid * y2.norm(dim=0), alpha)
+    z = _unscale_columns(z.to(y.dtype), exponent)
+    _check_finite_solution(z, normalize)
+    resid = resid.to(y.dtype)
     converged = resid <= tol
     if warn and not bool(converged.all()):
         bad = int((~converged).sum())
@@ -158,7 +206,7 @@ def label_propagation(
             f"max_iter={max_iter} above tol={tol:g} (largest relative residual "
             f"{float(resid.max()):.3g})",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     z = z.squeeze(1) if y.dim() == 1 else z
     if not return_info:
@@ -166,8 +214,55 @@ def label_propagation(
     return PropagationResult(z, iters, resid, converged, solver)
 
 
+# ------------------------------------------------------------ scale and checks
+def _scale_columns(y: Tensor) -> tuple[Tensor, Tensor]:
+    """Each column times the power of two that brings its largest magnitude into
+    [0.5, 1): exact, and every solver is linear in Y with exactly scaled iterates, so
+    only overflow (float32 ``||y||^2`` for entries of 1e19) is avoided."""
+    _, exponent = torch.frexp(y.abs().amax(0) if y.size(0) else y.new_zeros(y.size(1)))
+    if not bool(exponent.any()):
+        return y, exponent
+    return _times_power_of_two(y, -exponent), exponent
+
+
+def _unscale_columns(z: Tensor, exponent: Tensor) -> Tensor:
+    return z if not bool(exponent.any()) else _times_power_of_two(z, exponent)
+
+
+def _times_power_of_two(t: Tensor, exponent: Tensor) -> Tensor:
+    """``t * 2^exponent`` per column, in two exact halves (2^128 overflows float32)."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    return torch.ldexp(torch.ldexp(t, half.to(t.dtype)), (exponent - half).to(t.dtype))
+
+
+def _check_finite_solution(z: Tensor, normalize: bool) -> None:
+    if not bool(torch.isfinite(z).all()):
+        cause = "the graph's weights with normalize=False" if not normalize else "y's magnitude"
+        raise ValueError(
+            f"label_propagation: the solution overflows {z.dtype} (from {cause}); "
+            f"use float64 y, smaller y or normalize=True"
+        )
+
+
+def _warn_unresolved_rows(z: Tensor, resid: Tensor, alpha: float) -> None:
+    """Warn when rows of Z have every score below the absolute residual ``||r_c||``
+    its column stopped at: CG has not resolved those scores, their argmax is noise."""
+    below = (z.abs() <= resid).all(dim=1) if resid.numel() and bool((resid > 0).any()) else None
+    if below is None or not bool(below.any()):
+        return
+    count = int(below.sum())
+    warnings.warn(
+        f"label_propagation(solver='cg'): {count} of {z.size(0)} rows have all their scores below "
+        f"the residual CG stopped at (largest ||r_c|| = {float(resid.max()):.3g}), so their ranking "
+        f"is not resolved: use solver='direct' or 'auto' on a small graph, or a smaller tol and "
+        f"a larger max_iter",
+        ConvergenceWarning,
+        stacklevel=4,
+    )
+
+
 # --------------------------------------------------------------------- graphs
-Operator = Callable[..., Tensor]  # (z (N, E), out=None) -> W_hat @ z
+Operator = Callable[..., Tensor]  # (z (N, E), out=None) -> P @ z
 
 
 def _check_graph(graph: object) -> Graph | GridGraph:
@@ -177,7 +272,7 @@ def _check_graph(graph: object) -> Graph | GridGraph:
                 "graph must be a graphprop.Graph, a GridGraph or a torch *sparse* (N, N) "
                 "tensor; for a dense matrix use graphprop.Graph.from_dense"
             )
-        graph = Graph.from_sparse(graph)
+        graph = Graph.from_sparse(graph.detach())
     if not isinstance(graph, (Graph, GridGraph)):
         raise TypeError(
             f"graph must be a graphprop.Graph, a GridGraph or a torch sparse (N, N) tensor, "
@@ -185,6 +280,10 @@ def _check_graph(graph: object) -> Graph | GridGraph:
         )
     if graph.num_nodes == 0:
         raise ValueError("graph is empty (0 nodes)")
+    if isinstance(graph, GridGraph) and (graph.weights.requires_grad or
+                                         (graph.scale is not None and graph.scale.requires_grad)):
+        scale = None if graph.scale is None else graph.scale.detach()
+        graph = GridGraph(graph.weights.detach(), graph.radius, scale)
     weights = graph.weights if isinstance(graph, GridGraph) else graph.edge_weight
     finite, nonnegative = finite_nonnegative(weights)
     if not finite:
@@ -194,47 +293,63 @@ def _check_graph(graph: object) -> Graph | GridGraph:
     return graph
 
 
+def _auto_solver(graph: Graph | GridGraph, symmetric: bool) -> str:
+    """``"direct"`` on small explicit graphs; else ``"cg"`` where W is symmetric
+    (grid graphs built by ``grid_graph`` are), ``"fixed_point"`` where it is not."""
+    if isinstance(graph, Graph) and graph.num_nodes <= AUTO_DIRECT_MAX_NODES:
+        return "direct"
+    return "cg" if symmetric else "fixed_point"
+
+
 def _is_symmetric(graph: Graph | GridGraph) -> bool:
-    """W == W^T up to float rounding. Grid graphs: compared offset by offset. Graphs:
-    a randomised test in O(E) without sorting: for fixed random vectors a, b,
-    ``a.(W b) == b.(W a)`` holds for a symmetric W and fails (with probability 1)
-    when W != W^T beyond relative 1e-6."""
+    """W == W^T exactly up to float rounding: :meth:`Graph.is_symmetric` (cached);
+    grid graphs compared offset by offset."""
     if isinstance(graph, GridGraph):
         return _grid_is_symmetric(graph.materialize())
-    gen = torch.Generator().manual_seed(0)
-    ab = torch.rand(graph.num_nodes, 2, generator=gen, dtype=torch.float64).to(graph.device) + 0.5
-    i, j = graph.edge_index
-    w = graph.edge_weight.double()
-    # sum_e w_e a_i b_j  and  sum_e w_e b_i a_j
-    forward = (w * ab[i, 0] * ab[j, 1]).sum()
-    backward = (w * ab[i, 1] * ab[j, 0]).sum()
-    scale = (w.abs() * ab[i, 0] * ab[j, 1]).sum()
-    return bool((forward - backward).abs() <= 1e-6 * scale)
+    return graph.is_symmetric()
 
 
 def _grid_is_symmetric(grid: GridGraph) -> bool:
-    """``weights[o, p] == weights[opposite(o), p + o]`` for every offset, compared slice
-    by slice (no copy of the weights)."""
+    """``weights[o, p] == weights[opposite(o), p + o]`` for every offset, each within 16
+    units of float rounding of its mirror, compared slice by slice (no copy)."""
     from ._grid import offset_blocks
 
     k = len(grid.offsets)
-    tol = 1e-6 * float(grid.weights.abs().max()) if grid.weights.numel() else 0.0
+    rtol = 16 * torch.finfo(grid.dtype).eps
     for o, p, q in offset_blocks(grid.offsets[: k // 2], grid.height, grid.width):
-        if float((grid.weights[o][p] - grid.weights[k - 1 - o][q]).abs().max()) > tol:
+        a, b = grid.weights[o][p], grid.weights[k - 1 - o][q]
+        if not bool(((a - b).abs() <= rtol * torch.maximum(a.abs(), b.abs())).all()):
             return False
     return True
 
 
-def _operator(graph: Graph | GridGraph, normalize: bool, dtype: torch.dtype) -> Operator:
-    """``z -> W_hat @ z`` for (N, E) z, in ``dtype``."""
+def _transposed_grid(grid: GridGraph) -> GridGraph:
+    """``W^T`` of a grid graph: ``W^T[p, p + o] = W[p + o, p]``, the opposite offset's
+    weight read at the neighbour."""
+    from ._grid import offset_blocks
+
+    base = grid.materialize()
+    k = len(base.offsets)
+    weights = torch.zeros_like(base.weights)
+    for o, p, q in offset_blocks(base.offsets, base.height, base.width):
+        weights[o][p] = base.weights[k - 1 - o][q]
+    return GridGraph(weights, base.radius)
+
+
+def _operator(graph: Graph | GridGraph, normalize: bool, dtype: torch.dtype, symmetric: bool) -> Operator:
+    """``z -> P @ z`` for (N, E) z, in ``dtype`` (normalised in float64 first)."""
     if isinstance(graph, GridGraph):
+        if not symmetric:
+            graph = _transposed_grid(graph)  # rows = receiving pixels
         return (sym_normalize(graph) if normalize else graph).operator(dtype)
-    g = graph.to(dtype=dtype)
-    if normalize:
-        g = sym_normalize(remove_self_loops(g))
+    if _csr_kernels_usable(graph):
+        from ._csr_kernels import CsrOperator
+
+        return CsrOperator(*graph._receiver_csr(), normalize=normalize, dtype=dtype)
     from ._message_passing import WeightedSum
 
-    return WeightedSum(g)
+    g = in_degree_normalize(graph) if normalize else graph
+    return WeightedSum(g._transposed().to(dtype=dtype))  # rows = receiving nodes, PyG's adj_t
 
 
 # -------------------------------------------------------------------- solvers
@@ -337,32 +452,35 @@ def _vector_ops(t: Tensor) -> type[_TorchVectorOps] | type[_NumbaVectorOps]:
 def _solve_fixed_point(
     w_hat: Operator, y: Tensor, alpha: float, tol: float, max_iter: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """PyG ``LabelPropagation`` (no clamping, no mask): ``F <- alpha W_hat F + (1 - alpha) Y``
-    from ``F = Y``; returns ``F / (1 - alpha)``. ``(F_{t+1} - F_t) / (1 - alpha)`` is the
-    residual of ``F_t / (1 - alpha)``, the per-column stopping quantity."""
+    """PyG ``LabelPropagation`` (no clamping, no mask): ``F <- alpha P F + (1 - alpha) Y``
+    from ``F = Y``; returns ``F / (1 - alpha)``. A column stops when
+    ``||F_{t+1} - F_t|| / (1 - alpha)`` (the residual of ``F_t / (1 - alpha)``) is at
+    most ``tol * ||y_c||``; all-zero columns take no iteration. The residual reported
+    is that of the returned Z, computed from it (the difference of two iterates is
+    exactly 0 once float32 rounding stalls the iteration, the residual is not)."""
     n, e = y.shape
     out = torch.zeros_like(y)
     iters = torch.zeros(e, dtype=torch.long, device=y.device)
-    resid = torch.zeros(e, dtype=y.dtype, device=y.device)
     ynorm = y.norm(dim=0)
     atol = tol * ynorm
-    cols = torch.arange(e, device=y.device)
-    f = y.clone()
-    res = (1 - alpha) * y
+    cols = torch.arange(e, device=y.device)[ynorm > 0]
+    f = y[:, cols].contiguous()
+    res = (1 - alpha) * f
     for _ in range(max_iter):
+        if cols.numel() == 0:
+            break
         f_next = w_hat(f).mul_(alpha).add_(res)
         rnorm = (f_next - f).norm(dim=0) / (1 - alpha)
         f = f_next
         iters[cols] += 1
-        resid[cols] = rnorm
         done = rnorm <= atol[cols]
         if bool(done.any()):
             out[:, cols[done]] = f[:, done]
             cols, f, res = cols[~done], f[:, ~done], res[:, ~done]
-        if cols.numel() == 0:
-            break
     out[:, cols] = f
-    return out / (1 - alpha), iters, _relative(resid, ynorm)
+    z = out / (1 - alpha)
+    resid = (y - z + alpha * w_hat(z)).norm(dim=0)
+    return z, iters, _relative(resid, ynorm)
 
 
 def _solve_direct(w_hat: Operator, y: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:

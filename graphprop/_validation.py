@@ -6,8 +6,10 @@ errors name the argument and what was expected. Internal code trusts its inputs.
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -70,8 +72,11 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """Check that ``value`` is a real number in the given (open or closed) interval."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Check that ``value`` is a real number (Python, numpy, or a 0-d tensor) in the
+    given (open or closed) interval; returns it as a float."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     v = float(value)
     ok = v == v  # NaN fails every comparison

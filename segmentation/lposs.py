@@ -79,7 +79,7 @@ def patch_propagation(
 
     graph = patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
     z = gp.label_propagation(graph.to(dtype=torch.float64), scores.to(graph.edge_weight.device, torch.float64),
-                             alpha=alpha, tol=tol, max_iter=max_iter)
+                             alpha=alpha, tol=tol, max_iter=max_iter, solver="cg")
     return z.to(device=scores.device, dtype=scores.dtype)
 
 
@@ -146,7 +146,7 @@ def pixel_propagation(
     graph = gp.grid_graph(lab, window // 2, tau)
     e, h, w = scores.shape
     y = scores.to(dtype).reshape(e, h * w).T
-    z = gp.label_propagation(graph, y, alpha=alpha, tol=tol, max_iter=max_iter)
+    z = gp.label_propagation(graph, y, alpha=alpha, tol=tol, max_iter=max_iter, solver="cg")
     return z.T.reshape(e, h, w).to(scores.dtype)
 
 

@@ -53,7 +53,7 @@ graphs = st.builds(
 def test_cg_to_convergence_equals_dense_solve(graph_seed, e, alpha):
     graph, seed = graph_seed
     y = torch.rand(graph.num_nodes, e, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    z = gp.label_propagation(graph, y, alpha=alpha, tol=1e-13, max_iter=2000)
+    z = gp.label_propagation(graph, y, alpha=alpha, tol=1e-13, max_iter=2000, solver="cg")
     np.testing.assert_allclose(z.numpy(), dense_solution(graph, y, alpha), rtol=1e-8, atol=1e-9)
 
 
@@ -64,7 +64,7 @@ def test_cg_equals_scipy_cg_per_column(graph_seed, e, max_iter, tol):
     gen = torch.Generator().manual_seed(seed)
     # columns of very different scale and smoothness converge at different iterations
     y = torch.rand(graph.num_nodes, e, generator=gen, dtype=torch.float64) ** torch.arange(1, e + 1)
-    info = gp.label_propagation(graph, y, alpha=0.95, tol=tol, max_iter=max_iter, return_info=True)
+    info = gp.label_propagation(graph, y, alpha=0.95, tol=tol, max_iter=max_iter, solver="cg", return_info=True)
     a = np.eye(graph.num_nodes) - 0.95 * dense_w_hat(graph)
     for c in range(e):
         steps = []
@@ -76,7 +76,7 @@ def test_cg_equals_scipy_cg_per_column(graph_seed, e, max_iter, tol):
 def test_cg_published_setting_float32_matches_float64_scipy():
     graph = random_graph(3, 300, 0.05, dtype=torch.float32)
     y = torch.rand(300, 46, generator=torch.Generator().manual_seed(1))
-    z = gp.label_propagation(graph, y)  # alpha 0.95, tol 1e-6, 10 iterations
+    z = gp.label_propagation(graph, y, solver="cg")  # alpha 0.95, tol 1e-6, 10 iterations
     assert z.dtype == torch.float32
     a = np.eye(300) - 0.95 * dense_w_hat(graph)
     ref = np.stack([spl.cg(a, y[:, c].double().numpy(), rtol=1e-6, maxiter=10)[0] for c in range(46)], 1)
@@ -87,9 +87,9 @@ def test_batched_cg_equals_cg_per_column():
     graph = random_graph(5, 60, 0.2)
     y = torch.rand(60, 7, dtype=torch.float64) * torch.logspace(-3, 3, 7, dtype=torch.float64)
     y[:, 3] = 0  # an all-zero column stays zero and takes no iteration
-    batched = gp.label_propagation(graph, y, tol=1e-4, max_iter=30, return_info=True)
+    batched = gp.label_propagation(graph, y, tol=1e-4, max_iter=30, solver="cg", return_info=True)
     for c in range(7):
-        one = gp.label_propagation(graph, y[:, c], tol=1e-4, max_iter=30, return_info=True)
+        one = gp.label_propagation(graph, y[:, c], tol=1e-4, max_iter=30, solver="cg", return_info=True)
         torch.testing.assert_close(batched.z[:, c], one.z, rtol=1e-12, atol=1e-14)
         assert batched.iterations[c] == one.iterations[0]
     assert batched.iterations[3] == 0 and torch.all(batched.z[:, 3] == 0)
@@ -219,18 +219,19 @@ def test_cuda_equals_cpu(solver):  # pragma: no cover - needs a GPU
 def test_info_and_convergence_warning():
     graph = random_graph(8, 80, 0.1)
     y = torch.rand(80, 3, dtype=torch.float64)
-    info = gp.label_propagation(graph, y, max_iter=2, tol=1e-12, return_info=True)
+    info = gp.label_propagation(graph, y, max_iter=2, tol=1e-12, solver="cg", return_info=True)
     assert isinstance(info, gp.PropagationResult)
     assert info.solver == "cg" and info.iterations.tolist() == [2, 2, 2]
     assert not bool(info.converged.any()) and bool((info.residual > 1e-12).all())
     with pytest.warns(gp.ConvergenceWarning, match="max_iter=2"):
-        gp.label_propagation(graph, y, max_iter=2, tol=1e-12, warn=True)
+        gp.label_propagation(graph, y, max_iter=2, tol=1e-12, solver="cg", warn=True)
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        gp.label_propagation(graph, y, max_iter=2, tol=1e-12)  # warn is off by default
-    done = gp.label_propagation(graph, y, max_iter=500, tol=1e-10, return_info=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gp.label_propagation(graph, y, max_iter=2, tol=1e-12, solver="cg")  # warn is off by default
+    assert not [w for w in caught if "max_iter=" in str(w.message)]
+    done = gp.label_propagation(graph, y, max_iter=500, tol=1e-10, solver="cg", return_info=True)
     assert bool(done.converged.all()) and bool((done.residual <= 1e-10).all())
 
 
@@ -261,7 +262,7 @@ def test_bad_inputs_name_the_argument(monkeypatch):
         gp.label_propagation(graph, y, tol=-1.0)
     directed = gp.Graph(torch.tensor([[0], [1]]), torch.tensor([1.0], dtype=torch.float64), 10)
     with pytest.raises(ValueError, match="symmetric"):
-        gp.label_propagation(directed, y)
+        gp.label_propagation(directed, y, solver="cg")
     gp.label_propagation(directed, y, solver="fixed_point")  # fine without symmetry
     monkeypatch.setattr(_propagation, "DIRECT_MAX_NODES", 5)
     with pytest.raises(ValueError, match="N <= 5"):

@@ -1,0 +1,231 @@
+"""Compiled CPU loops (numba) for CSR graphs: build, exact symmetry test, normalise,
+multiply. Compiled on first use and cached on disk.
+
+The propagation operator of a :class:`~graphprop.Graph` is held as the CSR matrix of
+``W^T`` (rows are the receiving nodes ``edge_index[1]``, PyG's ``adj_t``) with int32
+column indices: it is read once per product for all the columns of ``z``.
+Every loop here has a plain-torch twin in ``graphprop._graph`` / ``_message_passing``
+that the tests keep equal to it.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+_PARALLEL = dict(parallel=True, cache=True, boundscheck=False)
+_SERIAL = dict(cache=True, boundscheck=False)
+
+
+@numba.njit(**_SERIAL)
+def _counting_sort(rows, cols, vals, n):  # pragma: no cover - compiled
+    """CSR by a stable counting sort on ``rows``: (indptr int64, indices int32, values)."""
+    e = rows.shape[0]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    for k in range(e):
+        indptr[rows[k] + 1] += 1
+    for i in range(n):
+        indptr[i + 1] += indptr[i]
+    cursor = indptr[:-1].copy()
+    indices = np.empty(e, dtype=np.int32)
+    values = np.empty(e, dtype=vals.dtype)
+    for k in range(e):
+        r = rows[k]
+        at = cursor[r]
+        indices[at] = cols[k]
+        values[at] = vals[k]
+        cursor[r] = at + 1
+    return indptr, indices, values
+
+
+@numba.njit(**_PARALLEL)
+def _sort_merge_rows(indptr, indices, values):  # pragma: no cover - compiled
+    """Sort each row by column, sum duplicates, drop zeros, in place; returns the new
+    row lengths (entries kept at the start of each row's slice)."""
+    n = indptr.shape[0] - 1
+    lengths = np.zeros(n, dtype=np.int64)
+    for i in numba.prange(n):
+        a, b = indptr[i], indptr[i + 1]
+        ordered = True
+        for k in range(a + 1, b):
+            if indices[k] < indices[k - 1]:
+                ordered = False
+                break
+        if not ordered:
+            order = np.argsort(indices[a:b], kind="mergesort")
+            ci = indices[a:b][order]
+            cv = values[a:b][order]
+            indices[a:b] = ci
+            values[a:b] = cv
+        m = a
+        for k in range(a, b):
+            if m > a and indices[m - 1] == indices[k]:
+                values[m - 1] += values[k]
+            else:
+                indices[m] = indices[k]
+                values[m] = values[k]
+                m += 1
+        kept = a
+        for k in range(a, m):
+            if values[k] != 0:
+                indices[kept] = indices[k]
+                values[kept] = values[k]
+                kept += 1
+        lengths[i] = kept - a
+    return lengths
+
+
+@numba.njit(**_PARALLEL)
+def _compact(indptr, indices, values, lengths):  # pragma: no cover - compiled
+    n = lengths.shape[0]
+    out_ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        out_ptr[i + 1] = out_ptr[i] + lengths[i]
+    out_idx = np.empty(out_ptr[n], dtype=np.int32)
+    out_val = np.empty(out_ptr[n], dtype=values.dtype)
+    for i in numba.prange(n):
+        a, o = indptr[i], out_ptr[i]
+        for k in range(lengths[i]):
+            out_idx[o + k] = indices[a + k]
+            out_val[o + k] = values[a + k]
+    return out_ptr, out_idx, out_val
+
+
+def canonical_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int):
+    """The CSR matrix with entries ``M[rows[e], cols[e]] += vals[e]``: rows sorted by
+    column, duplicates summed, zeros dropped. (indptr int64, indices int32, values)."""
+    indptr, indices, values = _counting_sort(rows, cols, vals, n)
+    lengths = _sort_merge_rows(indptr, indices, values)
+    return _compact(indptr, indices, values, lengths)
+
+
+@numba.njit(**_SERIAL)
+def _transpose(indptr, indices, values):  # pragma: no cover - compiled
+    """CSR of the transpose; its rows come out sorted (rows are read in order)."""
+    n = indptr.shape[0] - 1
+    nnz = indices.shape[0]
+    out_ptr = np.zeros(n + 1, dtype=np.int64)
+    for k in range(nnz):
+        out_ptr[indices[k] + 1] += 1
+    for i in range(n):
+        out_ptr[i + 1] += out_ptr[i]
+    cursor = out_ptr[:-1].copy()
+    out_idx = np.empty(nnz, dtype=np.int32)
+    out_val = np.empty(nnz, dtype=values.dtype)
+    for i in range(n):
+        for k in range(indptr[i], indptr[i + 1]):
+            c = indices[k]
+            at = cursor[c]
+            out_idx[at] = i
+            out_val[at] = values[k]
+            cursor[c] = at + 1
+    return out_ptr, out_idx, out_val
+
+
+@numba.njit(**_PARALLEL)
+def _same_entries(indices, values, t_indices, t_values, rtol):  # pragma: no cover - compiled
+    """Count of entries that differ: other column, or values beyond ``rtol`` relative."""
+    bad = 0
+    for k in numba.prange(indices.shape[0]):
+        a, b = values[k], t_values[k]
+        if indices[k] != t_indices[k] or abs(a - b) > rtol * max(abs(a), abs(b)):
+            bad += 1
+    return bad
+
+
+def is_symmetric(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rtol: float) -> bool:
+    """Whether the canonical CSR matrix equals its transpose: the same pattern exactly
+    and every value within ``rtol`` (relative) of its mirror."""
+    t_ptr, t_idx, t_val = _transpose(indptr, indices, values)
+    if not np.array_equal(indptr, t_ptr):
+        return False
+    return _same_entries(indices, values, t_idx, t_val, rtol) == 0
+
+
+@numba.njit(**_PARALLEL)
+def normalized_values(indptr, indices, values, out):  # pragma: no cover - compiled
+    """``out[k] = (M[r, c] * d[c]^-1/2) * d[r]^-1/2`` for the entries of the canonical
+    CSR matrix M (rows = receiving nodes), ``d`` its row sums without the diagonal
+    (the in-degrees; a zero in-degree gives 0, as PyG's ``gcn_norm``), diagonal
+    entries 0. Computed in float64 after scaling the
+    weights by a power of two to the largest one (the result does not depend on the
+    scale, and the sums cannot overflow), then stored in ``out``'s dtype."""
+    n = indptr.shape[0] - 1
+    nnz = indices.shape[0]
+    top = 0.0
+    for k in range(nnz):
+        top = max(top, np.float64(values[k]))
+    scale = 1.0
+    if top > 0:
+        scale = 2.0 ** (-np.floor(np.log2(top)))
+    dinv = np.empty(n, dtype=np.float64)
+    for i in numba.prange(n):
+        s = 0.0
+        for k in range(indptr[i], indptr[i + 1]):
+            if indices[k] != i:
+                s += np.float64(values[k]) * scale
+        dinv[i] = 1.0 / np.sqrt(s) if s > 0 else 0.0
+    for i in numba.prange(n):
+        for k in range(indptr[i], indptr[i + 1]):
+            c = indices[k]
+            if c == i:
+                out[k] = 0
+            else:
+                out[k] = ((np.float64(values[k]) * scale) * dinv[c]) * dinv[i]
+
+
+_ROWS = 256  # rows per task of the product: one accumulator per task
+
+
+@numba.njit(**_PARALLEL)
+def spmm(indptr, indices, values, z, out):  # pragma: no cover - compiled
+    """``out[i, :] = sum_k values[k] * z[indices[k], :]`` over row i's entries, for
+    all the columns of ``z`` in one pass over the matrix."""
+    n = indptr.shape[0] - 1
+    e_cols = z.shape[1]
+    tasks = (n + _ROWS - 1) // _ROWS
+    for t in numba.prange(tasks):
+        acc = np.empty(e_cols, dtype=out.dtype)
+        for i in range(t * _ROWS, min(n, (t + 1) * _ROWS)):
+            for e in range(e_cols):
+                acc[e] = 0
+            for k in range(indptr[i], indptr[i + 1]):
+                v = values[k]
+                j = indices[k]
+                for e in range(e_cols):
+                    acc[e] += v * z[j, e]
+            for e in range(e_cols):
+                out[i, e] = acc[e]
+
+
+class CsrOperator:
+    """``z -> P @ z`` for a graph's canonical receiver CSR (``W^T``), its values
+    normalised (``normalize=True``: in-degree, float64, then cast) or as given, in
+    ``dtype``; prepared once per solve, applied every iteration.
+
+    Args:
+        indptr, indices, values: the canonical CSR of ``W^T`` (numpy).
+        normalize: normalise as :func:`normalized_values` does.
+        dtype: the dtype of the ``z`` it will be applied to.
+    """
+
+    column_multiple = 1  # no padding: the product reads each row's columns as they are
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, *,
+                 normalize: bool, dtype: torch.dtype) -> None:
+        self.indptr, self.indices = indptr, indices
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        if normalize:
+            self.values = np.empty(indices.shape[0], dtype=np_dtype)
+            normalized_values(indptr, indices, values, self.values)
+        else:
+            self.values = values.astype(np_dtype, copy=False)
+
+    def __call__(self, z: Tensor, out: Tensor | None = None) -> Tensor:
+        """z: (N, E) -> (N, E), written into ``out`` when given."""
+        zc = z.contiguous()
+        target = out if out is not None and out.is_contiguous() else torch.empty_like(zc)
+        spmm(self.indptr, self.indices, self.values, zc.numpy(), target.numpy())
+        return target if out is None or target is out else out.copy_(target)
