@@ -52,8 +52,9 @@ AUTO_DIRECT_MAX_NODES = 2_048
 
 
 class ConvergenceWarning(UserWarning):
-    """Some columns stopped at ``max_iter`` before reaching ``tol``, or (``"cg"``)
-    some rows' scores are all below the residual the solve stopped at."""
+    """Some columns stopped at ``max_iter`` before reaching ``tol``; or (``"cg"``)
+    some rows' scores are all below the residual the solve stopped at; or rows of a
+    float64 solution underflow to zero in y's float32."""
 
 
 @dataclass(frozen=True)
@@ -192,11 +193,14 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
         z, iters, resid = _solve_fixed_point(operator, y2, alpha, tol, max_iter)
     else:
         z, iters, resid = _solve_direct(operator, y2.double(), alpha)
-    _check_finite_solution(z, normalize)
     if solver == "cg":
         _warn_unresolved_rows(z, resid * y2.norm(dim=0), alpha)
-    z = _unscale_columns(z.to(y.dtype), exponent)
+    z = _unscale_columns(z, exponent)
     _check_finite_solution(z, normalize)
+    if z.dtype != y.dtype:
+        _warn_underflowed_rows(z, y.dtype)
+        z = z.to(y.dtype)
+        _check_finite_solution(z, normalize)
     resid = resid.to(y.dtype)
     converged = resid <= tol
     if warn and not bool(converged.all()):
@@ -217,9 +221,11 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
 # ------------------------------------------------------------ scale and checks
 def _scale_columns(y: Tensor) -> tuple[Tensor, Tensor]:
     """Each column times the power of two that brings its largest magnitude into
-    [0.5, 1): exact, and every solver is linear in Y with exactly scaled iterates, so
-    only overflow (float32 ``||y||^2`` for entries of 1e19) is avoided."""
+    [1, 2) (one-hot columns are left as they are): exact, and every solver is linear
+    in Y with exactly scaled iterates, so only overflow (float32 ``||y||^2`` for
+    entries of 1e19) is avoided. Returns the scaled y and the exponents to undo."""
     _, exponent = torch.frexp(y.abs().amax(0) if y.size(0) else y.new_zeros(y.size(1)))
+    exponent = torch.where(exponent != 0, exponent - 1, exponent)  # 0: an all-zero column
     if not bool(exponent.any()):
         return y, exponent
     return _times_power_of_two(y, -exponent), exponent
@@ -256,6 +262,19 @@ def _warn_unresolved_rows(z: Tensor, resid: Tensor, alpha: float) -> None:
         f"the residual CG stopped at (largest ||r_c|| = {float(resid.max()):.3g}), so their ranking "
         f"is not resolved: use solver='direct' or 'auto' on a small graph, or a smaller tol and "
         f"a larger max_iter",
+        ConvergenceWarning,
+        stacklevel=4,
+    )
+
+
+def _warn_underflowed_rows(z: Tensor, dtype: torch.dtype) -> None:
+    """Warn when rows of the float64 solution are all zero once cast to ``dtype``."""
+    lost = (z.abs().amax(1) > 0) & (z.to(dtype).abs().amax(1) == 0) if z.numel() else None
+    if lost is None or not bool(lost.any()):
+        return
+    warnings.warn(
+        f"label_propagation: {int(lost.sum())} of {z.size(0)} rows of the solution are below the "
+        f"smallest {dtype} and come out all zero; pass y as float64 to keep them",
         ConvergenceWarning,
         stacklevel=4,
     )
