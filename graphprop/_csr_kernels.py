@@ -176,6 +176,21 @@ def normalized_values(indptr, indices, values, out):  # pragma: no cover - compi
                 out[k] = ((np.float64(values[k]) * scale) * dinv[c]) * dinv[i]
 
 
+@numba.njit(**_PARALLEL)
+def count_rows_below(z, bound):  # pragma: no cover - compiled
+    """The number of rows i with ``|z[i, c]| <= bound[c]`` for every column c."""
+    n, e_cols = z.shape
+    count = 0
+    for i in numba.prange(n):
+        below = 1
+        for e in range(e_cols):
+            if abs(z[i, e]) > bound[e]:
+                below = 0
+                break
+        count += below
+    return count
+
+
 _ROWS = 256  # rows per task of the product: one accumulator per task
 
 

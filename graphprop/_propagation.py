@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ._graph import Graph, _csr_kernels_usable, in_degree_normalize, sym_normalize
 from ._grid import GridGraph
+from ._stencil import numba_available
 from ._validation import finite_nonnegative, check_choice, check_positive_int, check_range, check_same_device, check_tensor
 
 __all__ = ["label_propagation", "PropagationResult", "ConvergenceWarning", "GraphLike"]
@@ -220,13 +221,19 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
 
 # ------------------------------------------------------------ scale and checks
 def _scale_columns(y: Tensor) -> tuple[Tensor, Tensor]:
-    """Each column times the power of two that brings its largest magnitude into
-    [1, 2) (one-hot columns are left as they are): exact, and every solver is linear
-    in Y with exactly scaled iterates, so only overflow (float32 ``||y||^2`` for
-    entries of 1e19) is avoided. Returns the scaled y and the exponents to undo."""
-    _, exponent = torch.frexp(y.abs().amax(0) if y.size(0) else y.new_zeros(y.size(1)))
-    exponent = torch.where(exponent != 0, exponent - 1, exponent)  # 0: an all-zero column
-    if not bool(exponent.any()):
+    """Columns whose largest magnitude is outside [2^-40, 2^40] times the power of two
+    that brings it into [1, 2); the others as they are. Exact, and every solver is
+    linear in Y with exactly scaled iterates, so only overflow (float32 ``||y||^2``
+    for entries of 1e19) and underflow are avoided. Returns the scaled y and the
+    exponents that undo it."""
+    if y.numel() == 0:
+        return y, torch.zeros(y.size(1), dtype=torch.int32, device=y.device)
+    lo, hi = torch.aminmax(y, dim=0)
+    top = torch.maximum(lo.abs(), hi.abs())
+    _, exponent = torch.frexp(top)
+    outside = (top > 0) & ((top < 2.0**-40) | (top > 2.0**40))
+    exponent = torch.where(outside, exponent - 1, torch.zeros_like(exponent))
+    if not bool(outside.any()):
         return y, exponent
     return _times_power_of_two(y, -exponent), exponent
 
@@ -242,7 +249,7 @@ def _times_power_of_two(t: Tensor, exponent: Tensor) -> Tensor:
 
 
 def _check_finite_solution(z: Tensor, normalize: bool) -> None:
-    if not bool(torch.isfinite(z).all()):
+    if z.numel() and not finite_nonnegative(z)[0]:
         cause = "the graph's weights with normalize=False" if not normalize else "y's magnitude"
         raise ValueError(
             f"label_propagation: the solution overflows {z.dtype} (from {cause}); "
@@ -251,12 +258,13 @@ def _check_finite_solution(z: Tensor, normalize: bool) -> None:
 
 
 def _warn_unresolved_rows(z: Tensor, resid: Tensor, alpha: float) -> None:
-    """Warn when rows of Z have every score below the absolute residual ``||r_c||``
+    """Warn when rows of Z have every score at most the absolute residual ``||r_c||``
     its column stopped at: CG has not resolved those scores, their argmax is noise."""
-    below = (z.abs() <= resid).all(dim=1) if resid.numel() and bool((resid > 0).any()) else None
-    if below is None or not bool(below.any()):
+    if not z.numel() or not bool((resid > 0).any()):
         return
-    count = int(below.sum())
+    count = _count_rows_below(z, resid)
+    if not count:
+        return
     warnings.warn(
         f"label_propagation(solver='cg'): {count} of {z.size(0)} rows have all their scores below "
         f"the residual CG stopped at (largest ||r_c|| = {float(resid.max()):.3g}), so their ranking "
@@ -265,6 +273,15 @@ def _warn_unresolved_rows(z: Tensor, resid: Tensor, alpha: float) -> None:
         ConvergenceWarning,
         stacklevel=4,
     )
+
+
+def _count_rows_below(z: Tensor, bound: Tensor) -> int:
+    """Rows i with ``|z[i, c]| <= bound[c]`` for every c (one pass on CPU)."""
+    if z.device.type == "cpu" and z.is_contiguous() and numba_available():
+        from ._csr_kernels import count_rows_below
+
+        return int(count_rows_below(z.numpy(), bound.to(z.dtype).numpy()))
+    return int((z.abs() <= bound).all(dim=1).sum())
 
 
 def _warn_underflowed_rows(z: Tensor, dtype: torch.dtype) -> None:

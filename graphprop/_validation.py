@@ -44,7 +44,7 @@ def check_tensor(
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if nonempty and value.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
-    if finite and value.numel() and not bool(torch.isfinite(value).all()):
+    if finite and value.numel() and not finite_nonnegative(value)[0]:
         raise ValueError(f"{name} contains NaN or infinite values")
     return value
 

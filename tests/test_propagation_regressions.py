@@ -343,3 +343,22 @@ def test_alpha_as_numpy_or_0d_tensor(alpha):
 def test_alpha_tensor_of_many_values_is_refused():
     with pytest.raises(TypeError, match="alpha must be a number"):
         gp.label_propagation(ring(6, 1.0), torch.rand(6, 1, dtype=torch.float64), alpha=torch.tensor([0.5, 0.5]))
+
+
+def test_row_count_kernel_equals_torch():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.rand(500, 4, generator=gen, dtype=torch.float64) - 0.5
+    bound = torch.tensor([0.3, 0.4, 0.2, 0.45], dtype=torch.float64)
+    expected = int((z.abs() <= bound).all(dim=1).sum())
+    assert expected > 0
+    assert _propagation._count_rows_below(z, bound) == expected
+    assert _propagation._count_rows_below(z.T.contiguous().T, bound) == expected  # the torch path
+
+
+@pytest.mark.parametrize("solver", ["cg", "fixed_point", "direct"])
+def test_tiny_float32_scores(solver):
+    graph = gp.symmetrize(random_directed(5, 40, 0.2)).to(dtype=torch.float32)
+    y = torch.rand(40, 3, generator=torch.Generator().manual_seed(0))
+    kw = dict(solver=solver, tol=1e-6, max_iter=30)
+    small = gp.label_propagation(graph, y * 2.0**-70, **kw)  # ||y||^2 underflows float32
+    torch.testing.assert_close(small, gp.label_propagation(graph, y, **kw) * 2.0**-70, rtol=1e-6, atol=0)
