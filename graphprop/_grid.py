@@ -94,6 +94,13 @@ class GridGraph:
     def offsets(self) -> list[tuple[int, int]]:
         return grid_offsets(self.radius)
 
+    @cached_property
+    def is_mirrored(self) -> bool:
+        """Whether the weights are exactly symmetric, ``weights[o, p] ==
+        weights[opposite(o), p + o]`` (checked once; the stencil kernels then read half
+        of them). The scale, when set, keeps W symmetric."""
+        return _stencil.is_mirrored(self)
+
     def to(self, device: object = None, dtype: torch.dtype | None = None) -> "GridGraph":
         """The graph on ``device`` / in ``dtype`` (weights and scale; tensors already
         there are shared, not copied)."""
@@ -183,7 +190,9 @@ def grid_graph(signal: Tensor, radius: int, weight: WeightFn | float = 0.01) -> 
             unordered pair is computed once and mirrored, so W is exactly symmetric.
 
     Returns:
-        A :class:`GridGraph` in the signal's dtype and on its device.
+        A :class:`GridGraph` in the signal's dtype and on its device. Weights below
+        the dtype's smallest normal number (``torch.finfo(dtype).tiny``, e.g. where
+        ``exp(-d / tau)`` underflows) are 0: no denormal enters the products.
     """
     signal = check_tensor("signal", signal, dims=("C", "H", "W"), floating=True, finite=True, nonempty=True)
     radius = check_positive_int("radius", radius)
@@ -203,6 +212,8 @@ def grid_graph(signal: Tensor, radius: int, weight: WeightFn | float = 0.01) -> 
         weights[k - 1 - o][q] = weights[o][p]
     if finite_nonnegative(weights) != (True, True):
         raise ValueError("weight must return finite non-negative weights")
+    _stencil.flush_denormals(weights, nonnegative=True)
+    _stencil.mark_mirrored(weights)
     return GridGraph(weights, radius)
 
 

@@ -2,6 +2,11 @@
 
 Only imported when numba is available and the tensors are on the CPU; every loop
 here has a plain-torch twin that tests keep equal to it to float rounding.
+
+Two stencils: :func:`symmetric_stencil` (the default for a symmetric graph: half the
+weights, register-blocked with the explicit SIMD of :mod:`._simd`, optionally fused
+with the CG's ``q = p - alpha W p`` and ``p . q``) and :func:`stencil` (any grid graph,
+all the weights pixel-major).
 """
 
 from __future__ import annotations
@@ -9,7 +14,128 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._simd import LANES, MAX_PIXELS, MAX_VECTORS, scratch, store, store_shifted, window_row, zero
+
 _PARALLEL = dict(parallel=True, cache=True, boundscheck=False)
+_ROW_1_1, _ROW_1_2, _ROW_1_3 = window_row(1, 1), window_row(1, 2), window_row(1, 3)
+_ROW_J_1, _ROW_J_2, _ROW_J_3 = (window_row(MAX_PIXELS, v) for v in (1, 2, 3))
+assert MAX_VECTORS == 3
+
+
+@numba.njit(parallel=True, cache=True)
+def forward_half(khw, scale, out, radius, tiny):  # pragma: no cover - compiled
+    """out[o, y, x] = (khw[K/2 + o, y, x] * scale[p]) * scale[q] for the K/2 offsets after
+    the centre (q = p + offset in the grid), 0 outside the grid and where below ``tiny``
+    (the smallest normal number: no denormal operand in the products)."""
+    k, h, w = khw.shape
+    half = k // 2
+    side = 2 * radius + 1
+    for row_index in numba.prange(h):
+        y = np.int64(row_index)
+        for o in range(half):
+            window = half + o + 1  # window index: the centre is skipped
+            dy = window // side - radius
+            dx = window % side - radius
+            yy = y + dy
+            for x in range(w):
+                xx = x + dx
+                v = 0.0
+                if yy < h and 0 <= xx < w:
+                    v = (khw[half + o, y, x] * scale[y * w + x]) * scale[yy * w + xx]
+                out[o, y, x] = v if abs(v) >= tiny else 0.0
+
+
+@numba.njit(inline="always", cache=True)
+def _row(acc, wf, w0, wstep, z, z0, zstep, e, n, nj, nv):  # pragma: no cover - compiled
+    """The register block of ``nj`` pixels x ``nv`` vectors over one window row."""
+    if n <= 0:
+        return
+    if nj == 1:
+        if nv == 3:
+            _ROW_1_3(acc, wf, w0, wstep, z, z0, zstep, e, n)
+        elif nv == 2:
+            _ROW_1_2(acc, wf, w0, wstep, z, z0, zstep, e, n)
+        else:
+            _ROW_1_1(acc, wf, w0, wstep, z, z0, zstep, e, n)
+    elif nv == 3:
+        _ROW_J_3(acc, wf, w0, wstep, z, z0, zstep, e, n)
+    elif nv == 2:
+        _ROW_J_2(acc, wf, w0, wstep, z, z0, zstep, e, n)
+    else:
+        _ROW_J_1(acc, wf, w0, wstep, z, z0, zstep, e, n)
+
+
+@numba.njit(inline="always", cache=True)
+def _window(acc, wf, z, y, x, nj, nv, c0, radius):  # pragma: no cover - compiled
+    """acc[j, :nv] += sum over the window of pixels (y, x + j), j < nj, of w_pq z[q, c0:]:
+    forward offsets with the weights stored at p, backward ones with the weights stored
+    at q (w_pq = w_qp). The dx ranges are clipped to the grid for pixel x (nj = 1) or
+    full (an interior block)."""
+    _, h, w = wf.shape
+    hw = h * w
+    e = z.shape[1]
+    side = 2 * radius + 1
+    p = y * w + x
+    # dy = 0: forward (0, dx), weight wf[dx - 1, y, x]; backward (0, -dx), wf[dx - 1, y, x - dx]
+    _row(acc, wf, p, hw, z, (p + 1) * e + c0, e, e, min(radius, w - x - nj), nj, nv)
+    _row(acc, wf, p - 1, hw - 1, z, (p - 1) * e + c0, -e, e, min(radius, x), nj, nv)
+    for dy in range(1, radius + 1):
+        o0 = radius + (dy - 1) * side  # forward index of (dy, -radius)
+        if y + dy < h:
+            lo, hi = max(-radius, -x), min(radius, w - x - nj)
+            _row(acc, wf, (o0 + lo + radius) * hw + p, hw, z, (p + dy * w + lo) * e + c0, e, e, hi - lo + 1, nj, nv)
+        if y - dy >= 0:
+            lo, hi = max(-radius, x + nj - w), min(radius, x)
+            _row(acc, wf, (o0 + lo + radius) * hw + p - dy * w - lo, hw - 1,
+                 z, (p - dy * w - lo) * e + c0, -e, e, hi - lo + 1, nj, nv)
+
+
+@numba.njit(inline="always", cache=True)
+def _block(acc, wf, z, out, dots, alpha, fused, y, x, nj, nv, c0, radius):  # pragma: no cover - compiled
+    """One register block: pixels (y, x + j), j < nj, columns c0 + [0, nv * LANES)."""
+    w = wf.shape[2]
+    e = z.shape[1]
+    zero(acc, nj * nv)
+    _window(acc, wf, z, y, x, nj, nv, c0, radius)
+    for j in range(nj):
+        for v in range(nv):
+            zi = (y * w + x + j) * e + c0 + v * LANES
+            if fused:
+                store_shifted(acc, (j * nv + v) * LANES, z, out, zi, alpha, dots, y * e + c0 + v * LANES)
+            else:
+                store(acc, (j * nv + v) * LANES, out, zi)
+
+
+@numba.njit(**_PARALLEL)
+def symmetric_stencil(wf, z, out, dots, alpha, fused, radius):  # pragma: no cover - compiled
+    """out = W @ z for a symmetric grid graph stored as its forward half ``wf`` (K/2, H, W)
+    (:func:`forward_half`); z, out (N, E) C-contiguous, E a multiple of LANES.
+
+    With ``fused``: out = z - alpha * W @ z and dots[y, :] = sum over row y of z * out
+    (dots (H, E); summed over rows by the caller), in the same pass.
+
+    Parallel over image rows; each row in blocks of MAX_PIXELS pixels x MAX_VECTORS
+    vectors of columns whose accumulators stay in registers over a window row."""
+    _, h, w = wf.shape
+    e = z.shape[1]
+    nvec = e // LANES
+    for row_index in numba.prange(h):
+        y = np.int64(row_index)  # prange indices are unsigned: -y would wrap
+        acc = scratch(z.dtype)
+        if fused:
+            for i in range(e):
+                dots[y, i] = 0
+        for chunk in range(0, nvec, MAX_VECTORS):
+            nv = min(MAX_VECTORS, nvec - chunk)
+            c0 = chunk * LANES
+            x = 0
+            while x < w:
+                nj = MAX_PIXELS if radius <= x and x + MAX_PIXELS - 1 + radius < w else 1
+                if nj == MAX_PIXELS and nv == MAX_VECTORS:  # the common case, specialised
+                    _block(acc, wf, z, out, dots, alpha, fused, y, x, MAX_PIXELS, MAX_VECTORS, c0, radius)
+                else:
+                    _block(acc, wf, z, out, dots, alpha, fused, y, x, nj, nv, c0, radius)
+                x += nj
 
 
 @numba.njit(**_PARALLEL)
@@ -87,8 +213,9 @@ def column_dot(a, b):  # pragma: no cover - compiled
 
 
 @numba.njit(**_PARALLEL)
-def cg_step(x, r, p, q, step):  # pragma: no cover - compiled
-    """x += step * p; r -= step * q; returns (E,) the new r . r, in one pass."""
+def cg_step(x, r, p, q, step, tiny):  # pragma: no cover - compiled
+    """x += step * p; r -= step * q (entries below ``tiny`` in magnitude flushed to 0, so
+    no denormal reaches the next product); returns (E,) the new r . r, in one pass."""
     n, e_cols = x.shape
     chunks = (n + _CHUNK - 1) // _CHUNK
     partial = np.zeros((chunks, e_cols), dtype=x.dtype)
@@ -96,8 +223,10 @@ def cg_step(x, r, p, q, step):  # pragma: no cover - compiled
         for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
             for e in range(e_cols):
                 x[i, e] += step[e] * p[i, e]
-                r[i, e] -= step[e] * q[i, e]
-                partial[c, e] += r[i, e] * r[i, e]
+                v = r[i, e] - step[e] * q[i, e]
+                v = v if abs(v) >= tiny else v * 0
+                r[i, e] = v
+                partial[c, e] += v * v
     out = np.zeros(e_cols, dtype=x.dtype)
     for c in range(chunks):
         for e in range(e_cols):
@@ -106,12 +235,13 @@ def cg_step(x, r, p, q, step):  # pragma: no cover - compiled
 
 
 @numba.njit(**_PARALLEL)
-def cg_direction(p, r, beta):  # pragma: no cover - compiled
-    """p = beta * p + r."""
+def cg_direction(p, r, beta, tiny):  # pragma: no cover - compiled
+    """p = beta * p + r, entries below ``tiny`` in magnitude flushed to 0."""
     n, e_cols = p.shape
     for i in numba.prange(n):
         for e in range(e_cols):
-            p[i, e] = beta[e] * p[i, e] + r[i, e]
+            v = beta[e] * p[i, e] + r[i, e]
+            p[i, e] = v if abs(v) >= tiny else v * 0
 
 
 @numba.njit(**_PARALLEL)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ._graph import Graph, _csr_kernels_usable, in_degree_normalize, sym_normalize
 from ._grid import GridGraph
-from ._stencil import numba_available
+from ._stencil import flush_denormals, numba_available
 from ._validation import finite_nonnegative, check_choice, check_positive_int, check_range, check_same_device, check_tensor
 
 __all__ = ["label_propagation", "PropagationResult", "ConvergenceWarning", "GraphLike"]
@@ -402,10 +402,14 @@ def _solve_cg(
     width = -(-e // multiple) * multiple
     r = y.new_zeros(n, width)
     r[:, :e] = y
+    if r.device.type == "cpu":  # no denormal operand in the products (slow on some CPUs)
+        flush_denormals(r)
     x = torch.zeros_like(r)
     q = torch.empty_like(r)
-    wp = torch.empty_like(r)
     ops = _vector_ops(r)
+    # q = A p and p . q: fused in one pass when the operator offers it
+    shifted_dot = getattr(w_hat, "shifted_dot", None)
+    wp = torch.empty_like(r) if shifted_dot is None else None
     ynorm = r.norm(dim=0)
     atol = tol * ynorm
     iters = torch.zeros(width, dtype=torch.long, device=y.device)
@@ -418,8 +422,12 @@ def _solve_cg(
             break
         if it > 0:
             ops.direction(p, r, torch.where(active, rho / rho_prev, 0))
-        ops.shifted(p, w_hat(p, out=wp), alpha, q)  # q = A p
-        step = torch.where(active, rho / ops.dot(p, q), 0)
+        if shifted_dot is not None:
+            pq = shifted_dot(p, alpha, q)
+        else:
+            ops.shifted(p, w_hat(p, out=wp), alpha, q)  # q = A p
+            pq = ops.dot(p, q)
+        step = torch.where(active, rho / pq, 0)
         rho_prev = rho
         rho = ops.step(x, r, p, q, step)
         iters += active
@@ -450,7 +458,9 @@ class _TorchVectorOps:
 
 
 class _NumbaVectorOps:
-    """The same updates as compiled single-pass CPU loops: no (N, E) temporaries."""
+    """The same updates as compiled single-pass CPU loops: no (N, E) temporaries; the
+    entries of r and p below the dtype's smallest normal number are flushed to 0 (no
+    denormal operand reaches the next product)."""
 
     @staticmethod
     def dot(a: Tensor, b: Tensor) -> Tensor:
@@ -462,13 +472,14 @@ class _NumbaVectorOps:
     def step(x: Tensor, r: Tensor, p: Tensor, q: Tensor, step: Tensor) -> Tensor:
         from . import _numba_kernels as k
 
-        return torch.from_numpy(k.cg_step(x.numpy(), r.numpy(), p.numpy(), q.numpy(), step.numpy()))
+        tiny = torch.finfo(x.dtype).tiny
+        return torch.from_numpy(k.cg_step(x.numpy(), r.numpy(), p.numpy(), q.numpy(), step.numpy(), tiny))
 
     @staticmethod
     def direction(p: Tensor, r: Tensor, beta: Tensor) -> None:
         from . import _numba_kernels as k
 
-        k.cg_direction(p.numpy(), r.numpy(), beta.numpy())
+        k.cg_direction(p.numpy(), r.numpy(), beta.numpy(), torch.finfo(p.dtype).tiny)
 
     @staticmethod
     def shifted(p: Tensor, wp: Tensor, alpha: float, out: Tensor) -> None:

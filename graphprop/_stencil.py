@@ -1,19 +1,33 @@
 """Stencil kernels for :class:`~graphprop.GridGraph` products ``out = W @ z``.
 
-Two kernels that tests keep equal to float rounding:
+Kernels that tests keep equal to float rounding (and to the explicit sparse matrix):
 
-- ``numba``: a compiled CPU loop, parallel over image rows, one pixel's weights
-  contiguous, the E columns of ``z`` innermost (padded to a multiple of 16 so they
-  vectorise without a scalar tail) and the window's rows of ``z`` in cache; compiled
-  on first use and cached on disk (as KeOps does for its reductions);
-- ``torch``: one shifted multiply-add per offset on (H, W, E) views; any device.
+- ``numba``, symmetric graph (every graph :func:`~graphprop.grid_graph` and
+  :func:`~graphprop.sym_normalize` make): only the K/2 forward offsets' weights are
+  kept, (K/2, H, W) with the scale folded in; pixel ``p`` gathers
+  ``w[o, p] z[p + o]`` and ``w[o, p - o] z[p - o]`` (``w_pq = w_qp``), so each
+  output row is written by one thread, no races. Parallel over image rows (each
+  thread slides down a contiguous band, the window's rows of ``z`` in cache), blocks
+  of 4 pixels x 48 columns whose accumulators stay in registers over a window row
+  (explicit AVX-512 vectors, :mod:`._simd`); columns padded to a multiple of 16.
+  :meth:`StencilOperator.shifted_dot` fuses the CG's ``q = p - alpha W p`` and
+  ``p . q`` into the same pass.
+- ``numba``, any other grid graph: all K weights pixel-major, columns innermost.
+- ``torch``: one shifted multiply-add per offset on (H, W, E) views, any device
+  (CUDA included); for a symmetric graph also half the weights, each forward offset
+  applied both ways.
 
-Both compute every weight as ``(weights[o, p] * s[p]) * s[q]`` (``s`` = 1 for an
-unnormalised graph), the order that keeps float32 finite when degrees are denormal.
+Denormals: every weight a kernel reads is ``(weights[o, p] * s[p]) * s[q]`` (``s`` = 1
+for an unnormalised graph; that order keeps float32 finite when degrees are
+denormal), computed once, with values below the smallest normal number of the
+working dtype flushed to 0 (:func:`flush_denormals`): on CPUs that take a slow path
+for denormal operands (Intel) they would otherwise slow every product, and they are
+below float rounding of any sum they enter.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,6 +60,51 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     return kernel
 
 
+def flush_denormals(t: Tensor, *, nonnegative: bool = False) -> Tensor:
+    """``t`` with the entries whose magnitude is below ``torch.finfo(t.dtype).tiny`` (the
+    smallest normal number: denormals) set to 0, in place; returns ``t``. For weights
+    of any graph form before a solver uses them. ``nonnegative=True`` (t known >= 0):
+    one pass instead of three."""
+    tiny = torch.finfo(t.dtype).tiny
+    if nonnegative:  # keeps x > largest denormal, i.e. x >= tiny
+        return torch.threshold_(t, float(torch.tensor(tiny, dtype=t.dtype).nextafter(torch.tensor(0, dtype=t.dtype))), 0)
+    return t.masked_fill_(t.abs() < tiny, 0)
+
+
+# weight tensors known to be mirrored (built so), with the version they had then: the
+# graphs sym_normalize / to / materialize derive from one share its answer for free
+_MIRRORED: dict[int, tuple["weakref.ref[Tensor]", int]] = {}
+
+
+def mark_mirrored(weights: Tensor) -> None:
+    """Record that (K, H, W) ``weights`` are mirrored as they are now (see :func:`is_mirrored`)."""
+    key = id(weights)
+    _MIRRORED[key] = (weakref.ref(weights, lambda _: _MIRRORED.pop(key, None)), weights._version)
+
+
+def _known_mirrored(weights: Tensor) -> bool:
+    ref, version = _MIRRORED.get(id(weights), (None, -1))
+    return ref is not None and ref() is weights and weights._version == version
+
+
+def is_mirrored(grid: "GridGraph") -> bool:
+    """Whether ``weights[o, p] == weights[opposite(o), p + o]`` exactly for every in-grid
+    pair (W symmetric, the form :func:`~graphprop.grid_graph` builds): the symmetric
+    kernels read the forward half only. Checked offset by offset unless the weights
+    were built mirrored and not changed since."""
+    from ._grid import offset_blocks
+
+    weights = grid.weights
+    if _known_mirrored(weights):
+        return True
+    k = len(grid.offsets)
+    for o, p, q in offset_blocks(grid.offsets[: k // 2], grid.height, grid.width):
+        if not torch.equal(weights[o][p], weights[k - 1 - o][q]):
+            return False
+    mark_mirrored(weights)
+    return True
+
+
 class StencilOperator:
     """``z -> W @ z`` for a fixed grid graph, prepared once for repeated products
     (the solvers call it every iteration).
@@ -54,56 +113,101 @@ class StencilOperator:
         grid: the graph.
         dtype: the dtype of the ``z`` it will be applied to.
         kernel: ``"auto"``, ``"numba"`` or ``"torch"``.
+
+    Attributes:
+        kernel: the kernel used.
+        symmetric: whether the forward-half (symmetric) kernels are used.
+        column_multiple: the column count the numba kernels want (16; the CG pads to it).
+        weights: the prepared weights the kernel reads, flushed of denormals:
+            (K/2, H, W) forward half when ``symmetric``, else (H, W, K) pixel-major
+            (numba) or (K, H, W) (torch); the scale folded in.
     """
 
     def __init__(self, grid: "GridGraph", dtype: torch.dtype, kernel: str = "auto") -> None:
         self.kernel = resolve_kernel(kernel, grid.device)
-        # columns the numba loop vectorises without a scalar tail; the solvers pad to it
+        # columns the numba loops vectorise without a scalar tail; the solvers pad to it
         self.column_multiple = _COLUMN_MULTIPLE if self.kernel == "numba" else 1
         self.grid = grid
         self.radius = grid.radius
-        if self.kernel == "numba":
+        self.symmetric = grid.is_mirrored
+        if self.symmetric:
+            self.weights = _forward_half(grid, dtype, numba=self.kernel == "numba")
+        elif self.kernel == "numba":
             # one pixel's weights contiguous, the scale folded in: (H, W, K)
-            self.pixel_weights = _scaled_pixel_major(grid, dtype)
+            self.weights = flush_denormals(_scaled_pixel_major(grid, dtype))
         else:
-            self.weights = grid.weights.to(dtype)
-            self.scale = None if grid.scale is None else grid.scale.to(dtype)
+            base = grid.to(dtype=dtype)
+            self.weights = flush_denormals(base.materialize().weights.clone())
 
     def __call__(self, z: Tensor, out: Tensor | None = None) -> Tensor:
         """z: (N, E) -> (N, E), written into ``out`` when given."""
         if self.kernel == "torch":
-            result = _matmul_torch(self.grid, self.weights, self.scale, z)
+            result = _matmul_torch(self.grid, self.weights, self.symmetric, z)
             return result if out is None else out.copy_(result)
-        from . import _numba_kernels
+        zp, target = self._padded(z, out)
+        self._numba(zp, target, None, 0.0)
+        result = target if target.size(1) == z.size(1) else target[:, : z.size(1)]
+        return result if out is None or result is out else out.copy_(result)
 
+    def shifted_dot(self, p: Tensor, alpha: float, q: Tensor) -> Tensor:
+        """One CG step's work on ``A = I - alpha W``: ``q = p - alpha W p`` (written into
+        ``q``) and returns (E,) the column sums of ``p * q``, in one pass of the
+        symmetric numba kernel (p, q (N, E) contiguous, E a multiple of 16), or as a
+        product then two vector operations for the other kernels."""
+        if self.kernel == "numba" and self.symmetric and self._aligned(p) and self._aligned(q):
+            from . import _numba_kernels
+
+            dots = p.new_empty(self.grid.height, p.size(1))
+            _numba_kernels.symmetric_stencil(self.weights.numpy(), p.numpy(), q.numpy(), dots.numpy(),
+                                             float(alpha), True, self.radius)
+            return dots.sum(0)
+        torch.add(p, self(p), alpha=-alpha, out=q)
+        return (p * q).sum(0)
+
+    def _aligned(self, t: Tensor) -> bool:
+        return t.is_contiguous() and t.size(1) % _COLUMN_MULTIPLE == 0
+
+    def _padded(self, z: Tensor, out: Tensor | None) -> tuple[Tensor, Tensor]:
+        """z and the output buffer as contiguous (N, E') with E' the padded width."""
         n, e = z.shape
         padded = -(-e // _COLUMN_MULTIPLE) * _COLUMN_MULTIPLE
-        if padded != e or not z.is_contiguous():  # pad: no scalar tail in the loop
+        if padded != e or not z.is_contiguous():  # pad: whole vectors in the loop
             zp = z.new_zeros(n, padded)
             zp[:, :e] = z
         else:
             zp = z
         if out is None or padded != e or not out.is_contiguous():
-            target = torch.empty_like(zp)
+            return zp, torch.empty_like(zp)
+        return zp, out
+
+    def _numba(self, z: Tensor, out: Tensor, dots: Tensor | None, alpha: float) -> None:
+        from . import _numba_kernels
+
+        if self.symmetric:
+            spare = z.new_empty(1, z.size(1))
+            _numba_kernels.symmetric_stencil(self.weights.numpy(), z.numpy(), out.numpy(), spare.numpy(),
+                                             alpha, False, self.radius)
         else:
-            target = out
-        _numba_kernels.stencil(self.pixel_weights.numpy(), zp.numpy(), target.numpy(), self.radius)
-        result = target if padded == e else target[:, :e]
-        return result if out is None or result is out else out.copy_(result)
+            _numba_kernels.stencil(self.weights.numpy(), z.numpy(), out.numpy(), self.radius)
 
 
-def _matmul_torch(grid: "GridGraph", weights: Tensor, scale: Tensor | None, z: Tensor) -> Tensor:
+def _matmul_torch(grid: "GridGraph", weights: Tensor, symmetric: bool, z: Tensor) -> Tensor:
+    """W @ z from prepared weights: (K/2, H, W) forward half (``symmetric``: each offset
+    applied both ways) or (K, H, W)."""
     from ._grid import offset_blocks
 
     h, w = grid.height, grid.width
-    s = None if scale is None else scale.view(h, w)
     zi = z.reshape(h, w, -1)
     out = torch.zeros_like(zi)
-    for o, p, q in offset_blocks(grid.offsets, h, w):
-        wo = weights[o][p]
-        if s is not None:
-            wo = (wo * s[p]) * s[q]
-        out[p].addcmul_(wo.unsqueeze(-1), zi[q])
+    k = len(grid.offsets)
+    if symmetric:
+        for o, p, q in offset_blocks(grid.offsets[k // 2 :], h, w):
+            wo = weights[o][p].unsqueeze(-1)
+            out[p].addcmul_(wo, zi[q])
+            out[q].addcmul_(wo, zi[p])
+    else:
+        for o, p, q in offset_blocks(grid.offsets, h, w):
+            out[p].addcmul_(weights[o][p].unsqueeze(-1), zi[q])
     return out.reshape(z.shape)
 
 
@@ -123,9 +227,36 @@ def scaled_weights(grid: "GridGraph") -> Tensor:
 def _scaled_pixel_major(grid: "GridGraph", dtype: torch.dtype) -> Tensor:
     """(H, W, K) contiguous CPU weights in ``dtype`` with the scale folded in."""
     weights = grid.weights.to(dtype).contiguous()
-    scale = (torch.ones(grid.num_nodes, dtype=dtype) if grid.scale is None else grid.scale.to(dtype)).contiguous()
+    scale = _scale(grid, dtype)
     from . import _numba_kernels
 
     out = torch.empty(grid.height, grid.width, weights.size(0), dtype=dtype)
     _numba_kernels.pixel_major(weights.numpy(), scale.numpy(), out.numpy(), grid.radius)
     return out
+
+
+def _scale(grid: "GridGraph", dtype: torch.dtype) -> Tensor:
+    if grid.scale is None:
+        return torch.ones(grid.num_nodes, dtype=dtype, device=grid.device)
+    return grid.scale.to(dtype).contiguous()
+
+
+def _forward_half(grid: "GridGraph", dtype: torch.dtype, *, numba: bool) -> Tensor:
+    """(K/2, H, W) contiguous: the weights of the offsets after the centre in ``dtype``,
+    ``(w[o, p] * s[p]) * s[q]``, 0 outside the grid, denormals flushed to 0."""
+    k = len(grid.offsets)
+    scale = _scale(grid, dtype)
+    out = torch.zeros(k // 2, grid.height, grid.width, dtype=dtype, device=grid.device)
+    if numba:
+        from . import _numba_kernels
+
+        weights = grid.weights.to(dtype).contiguous()
+        _numba_kernels.forward_half(weights.numpy(), scale.numpy(), out.numpy(), grid.radius,
+                                    torch.finfo(dtype).tiny)
+        return out
+    from ._grid import offset_blocks
+
+    s = scale.view(grid.height, grid.width)
+    for o, p, q in offset_blocks(grid.offsets[k // 2 :], grid.height, grid.width):
+        out[o][p] = (grid.weights[k // 2 + o][p].to(dtype) * s[p]) * s[q]
+    return flush_denormals(out, nonnegative=True)
