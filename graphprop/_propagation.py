@@ -46,9 +46,10 @@ GraphLike = Union[Graph, GridGraph, Tensor]
 
 # Largest graph the dense solver accepts: an (N, N) float64 matrix of 2 GiB.
 DIRECT_MAX_NODES = 16_384
-# Largest graph "auto" solves densely: a float64 solve of 2,048 nodes takes about 0.1 s
-# on 2 cores (AMD EPYC, AVX-512; benchmarks/README.md), a CG to 1e-6 on such a graph
-# a few ms, and the dense answer is exact where CG's 10 default iterations may not be.
+# Largest graph "auto" solves densely (exact, where CG's 10 default iterations may not
+# be): measured on 2 shared cores of an AMD EPYC (AVX-512) under load (load average
+# ~10), 10 columns, 20 edges per node: direct 0.67 s at 1,024 nodes, 2.3 s at 2,048,
+# 13 s at 4,096 (O(N^3)); 10 CG iterations 0.1 s. See docs/graphprop.md.
 AUTO_DIRECT_MAX_NODES = 2_048
 
 

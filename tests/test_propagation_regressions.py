@@ -362,3 +362,15 @@ def test_tiny_float32_scores(solver):
     kw = dict(solver=solver, tol=1e-6, max_iter=30)
     small = gp.label_propagation(graph, y * 2.0**-70, **kw)  # ||y||^2 underflows float32
     torch.testing.assert_close(small, gp.label_propagation(graph, y, **kw) * 2.0**-70, rtol=1e-6, atol=0)
+
+
+def test_inference_mode_graphs_are_checked_every_call():
+    with torch.inference_mode():
+        graph = gp.symmetrize(random_directed(2, 30))
+        y = torch.rand(30, 2, dtype=torch.float64)
+        z = gp.label_propagation(graph, y, solver="cg", tol=1e-12, max_iter=200)
+        graph.edge_weight[0] += 1.0  # in place, no version counter
+        with pytest.raises(ValueError, match="symmetric"):
+            gp.label_propagation(graph, y, solver="cg")
+    np.testing.assert_allclose(z.numpy(), dense_propagation(gp.symmetrize(random_directed(2, 30)).to_dense().numpy(),
+                                                            y.numpy(), 0.95), rtol=1e-8)
