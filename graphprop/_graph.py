@@ -182,7 +182,11 @@ class Graph:
         if _csr_kernels_usable(self):
             from . import _csr_kernels
 
-            return _csr_kernels.is_symmetric(*self._receiver_csr(), rtol)
+            ei = self.edge_index.detach().numpy()
+            # W's own CSR, without a transpose pass, when the edges are sorted
+            forward = _csr_kernels.canonical_csr_if_sorted(ei[0], ei[1], self.edge_weight.detach().numpy(),
+                                                           self.num_nodes)
+            return _csr_kernels.is_symmetric(*self._receiver_csr(), rtol, transpose=forward)
         a, b = _coalesced_nonzero(self), _coalesced_nonzero(self._transposed())
         if not torch.equal(a.edge_index, b.edge_index):
             return False

@@ -374,3 +374,18 @@ def test_inference_mode_graphs_are_checked_every_call():
             gp.label_propagation(graph, y, solver="cg")
     np.testing.assert_allclose(z.numpy(), dense_propagation(gp.symmetrize(random_directed(2, 30)).to_dense().numpy(),
                                                             y.numpy(), 0.95), rtol=1e-8)
+
+
+def test_cg_is_silent_below_one_percent_of_unresolved_rows(monkeypatch):
+    w = np.zeros((20, 20))
+    w[:10, :10] = 1
+    w[10:, 10:] = 1
+    w[9, 10] = w[10, 9] = 1e-12
+    np.fill_diagonal(w, 0)
+    y = torch.zeros(20, 2, dtype=torch.float64)
+    y[0, 0] = y[1, 1] = 1
+    graph = gp.Graph.from_dense(torch.from_numpy(w))
+    monkeypatch.setattr(_propagation, "UNRESOLVED_ROWS_WARN", 0.5)  # 10 of 20 is not more than half
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gp.label_propagation(graph, y, alpha=0.5, tol=1e-6, solver="cg")
