@@ -88,7 +88,7 @@ def test_large_graph_solve(benchmark, workload, reference, impl):
     graph, y = workload
     if impl == "scipy_per_column":
         matrix = _scipy_matrix(graph)
-        out = benchmark.pedantic(baseline_solve, args=(matrix, y.numpy()), rounds=2, iterations=1)
+        benchmark.pedantic(baseline_solve, args=(matrix, y.numpy()), rounds=2, iterations=1)
         return
     if impl == "pyg_prebuilt":
         adj_t = _pyg_adjacency(graph)

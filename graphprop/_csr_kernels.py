@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_PARALLEL = dict(parallel=True, cache=True, boundscheck=False)
-_SERIAL = dict(cache=True, boundscheck=False)
+_PARALLEL = {"parallel": True, "cache": True, "boundscheck": False}
+_SERIAL = {"cache": True, "boundscheck": False}
 
 
 @numba.njit(**_SERIAL)
