@@ -10,8 +10,11 @@ Generic building blocks, useful beyond images:
   :func:`degree`: composable operations;
 - :func:`grid_graph` / :class:`GridGraph`: local-window graphs of images, applied
   as a stencil without an index list;
-- :func:`label_propagation`: ``(I - alpha * W_hat) Z = Y`` by batched conjugate
-  gradient, fixed-point iteration (PyG ``LabelPropagation``) or a dense solve.
+- :func:`label_propagation`: ``(I - alpha * P) Z = Y`` with PyG's conventions (messages
+  from ``edge_index[0]`` to ``edge_index[1]``, in-degree normalisation), by batched
+  conjugate gradient, fixed-point iteration (PyG ``LabelPropagation``), a dense solve,
+  or ``"auto"`` (dense on small graphs). See ``docs/graphprop.md`` for the mapping of
+  scikit-learn's and PyG's settings.
 
 Outputs follow the inputs' device and dtype.
 """

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_PARALLEL = dict(parallel=True, cache=True, boundscheck=False)
-_SERIAL = dict(cache=True, boundscheck=False)
+_PARALLEL = {"parallel": True, "cache": True, "boundscheck": False}
+_SERIAL = {"cache": True, "boundscheck": False}
 
 
 @numba.njit(**_SERIAL)
@@ -98,30 +98,37 @@ def canonical_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int):
     column, duplicates summed, zeros dropped. (indptr int64, indices int32, values)."""
     indptr, indices, values = _counting_sort(rows, cols, vals, n)
     lengths = _sort_merge_rows(indptr, indices, values)
+    if np.array_equal(lengths, np.diff(indptr)):  # nothing merged or dropped
+        return indptr, indices, values
     return _compact(indptr, indices, values, lengths)
 
 
-@numba.njit(**_SERIAL)
-def _transpose(indptr, indices, values):  # pragma: no cover - compiled
-    """CSR of the transpose; its rows come out sorted (rows are read in order)."""
+@numba.njit(**_PARALLEL)
+def _sorted_unique_nonzero(rows, cols, vals):  # pragma: no cover - compiled
+    """Whether the edges are strictly increasing in (row, col) with no zero weight."""
+    bad = 0
+    for k in numba.prange(rows.shape[0]):
+        if vals[k] == 0 or (k > 0 and (rows[k] < rows[k - 1] or (rows[k] == rows[k - 1] and cols[k] <= cols[k - 1]))):
+            bad += 1
+    return bad == 0
+
+
+def canonical_csr_if_sorted(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int):
+    """The canonical CSR of ``M[rows, cols] = vals`` without sorting when the edges
+    already are (strictly increasing (row, col), no zero weight, e.g. the output of
+    ``symmetrize``); None otherwise."""
+    if not _sorted_unique_nonzero(rows, cols, vals):
+        return None
+    indptr = np.searchsorted(rows, np.arange(n + 1, dtype=rows.dtype)).astype(np.int64)
+    return indptr, cols.astype(np.int32), vals
+
+
+def _transpose(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray):
+    """CSR of the transpose; its rows come out sorted (the stable sort reads the rows
+    in order)."""
     n = indptr.shape[0] - 1
-    nnz = indices.shape[0]
-    out_ptr = np.zeros(n + 1, dtype=np.int64)
-    for k in range(nnz):
-        out_ptr[indices[k] + 1] += 1
-    for i in range(n):
-        out_ptr[i + 1] += out_ptr[i]
-    cursor = out_ptr[:-1].copy()
-    out_idx = np.empty(nnz, dtype=np.int32)
-    out_val = np.empty(nnz, dtype=values.dtype)
-    for i in range(n):
-        for k in range(indptr[i], indptr[i + 1]):
-            c = indices[k]
-            at = cursor[c]
-            out_idx[at] = i
-            out_val[at] = values[k]
-            cursor[c] = at + 1
-    return out_ptr, out_idx, out_val
+    row_ids = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
+    return _counting_sort(indices, row_ids, values, n)
 
 
 @numba.njit(**_PARALLEL)
@@ -135,10 +142,12 @@ def _same_entries(indices, values, t_indices, t_values, rtol):  # pragma: no cov
     return bad
 
 
-def is_symmetric(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rtol: float) -> bool:
-    """Whether the canonical CSR matrix equals its transpose: the same pattern exactly
-    and every value within ``rtol`` (relative) of its mirror."""
-    t_ptr, t_idx, t_val = _transpose(indptr, indices, values)
+def is_symmetric(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rtol: float,
+                 transpose: tuple | None = None) -> bool:
+    """Whether the canonical CSR matrix equals its transpose (``transpose``, the
+    canonical CSR of the transpose, when already known): the same pattern exactly and
+    every value within ``rtol`` (relative) of its mirror."""
+    t_ptr, t_idx, t_val = _transpose(indptr, indices, values) if transpose is None else transpose
     if not np.array_equal(indptr, t_ptr):
         return False
     return _same_entries(indices, values, t_idx, t_val, rtol) == 0

@@ -173,7 +173,8 @@ class Graph:
         weights, the same edges in both directions, each weight within 16 units of
         float rounding (relative, in the weights' dtype) of its mirror. Exact, not a
         randomised test; computed once per graph and cached (recomputed if
-        ``edge_index`` or ``edge_weight`` are modified in place)."""
+        ``edge_index`` or ``edge_weight`` are modified in place; not cached for
+        inference-mode tensors, which have no version counter)."""
         return self._cached("symmetric", self._compute_symmetric)
 
     def _compute_symmetric(self) -> bool:
@@ -181,7 +182,11 @@ class Graph:
         if _csr_kernels_usable(self):
             from . import _csr_kernels
 
-            return _csr_kernels.is_symmetric(*self._receiver_csr(), rtol)
+            ei = self.edge_index.detach().numpy()
+            # W's own CSR, without a transpose pass, when the edges are sorted
+            forward = _csr_kernels.canonical_csr_if_sorted(ei[0], ei[1], self.edge_weight.detach().numpy(),
+                                                           self.num_nodes)
+            return _csr_kernels.is_symmetric(*self._receiver_csr(), rtol, transpose=forward)
         a, b = _coalesced_nonzero(self), _coalesced_nonzero(self._transposed())
         if not torch.equal(a.edge_index, b.edge_index):
             return False
@@ -204,6 +209,8 @@ class Graph:
     def _cached(self, name: str, compute: Any) -> Any:
         """``compute()`` cached on the (frozen) graph, keyed by the tensors' identity
         and in-place version counters so that an edited graph is never served stale."""
+        if self.edge_index.is_inference() or self.edge_weight.is_inference():
+            return compute()  # no version counter to see in-place edits by: not cached
         key = (self.edge_index.data_ptr(), self.edge_index._version,
                self.edge_weight.data_ptr(), self.edge_weight._version)
         cache = self.__dict__.setdefault("_derived", {})
@@ -295,21 +302,25 @@ def in_degree_normalize(graph: Graph) -> Graph:
 def _normalized(graph: Graph, index: Tensor, zero_degree: float) -> Graph:
     """``w_ij * d_i^-1/2 * d_j^-1/2`` with ``d = sum of the weights at index``, in
     float64 on power-of-two-scaled weights, cast back to the graph's dtype."""
-    w = _power_of_two_scaled(graph.edge_weight.double())
+    w, scale = _power_of_two_scaled(graph.edge_weight.double())
     d = torch.zeros(graph.num_nodes, dtype=w.dtype, device=w.device).index_add_(0, index, w)
-    dinv = _inv_sqrt_degree(d)
-    if zero_degree != 1.0:
-        dinv = torch.where(d > 0, dinv, torch.full_like(d, zero_degree))
+    # a zero degree counts as zero_degree in the weights' own units: ``scale`` once scaled
+    d = torch.where(d > 0, d, torch.full_like(d, zero_degree * scale))
+    positive = d > 0
+    dinv = torch.where(positive, torch.where(positive, d, 1.0).sqrt().reciprocal(), 0.0)
     i, j = graph.edge_index
     return Graph(graph.edge_index, (w * dinv[i] * dinv[j]).to(graph.dtype), graph.num_nodes)
 
 
-def _power_of_two_scaled(w: Tensor) -> Tensor:
-    """``w * 2^-k`` with ``2^k <= max(w) < 2^(k+1)`` (exact; w unchanged if all zero)."""
-    if w.numel() == 0:
-        return w
-    _, exponent = torch.frexp(w.max())
-    return w if int(exponent) == 0 or not bool(w.max() > 0) else torch.ldexp(w, 1 - exponent)
+def _power_of_two_scaled(w: Tensor) -> tuple[Tensor, float]:
+    """``(w * s, s)`` with ``s = 2^(1 - k)``, ``2^(k-1) <= max(w) < 2^k`` (exact; s = 1
+    when all weights are zero; ``|log2 s| <= 1000``)."""
+    top = w.max() if w.numel() else w.new_zeros(())
+    if not bool(top > 0):
+        return w, 1.0
+    _, exponent = torch.frexp(top)
+    shift = min(max(1 - int(exponent), -1000), 1000)  # 2^shift stays a float64
+    return (w if shift == 0 else torch.ldexp(w, torch.tensor(float(shift), dtype=w.dtype))), 2.0**shift
 
 
 def _inv_sqrt_degree(d: Tensor) -> Tensor:

@@ -16,8 +16,8 @@ import torch
 import graphprop as gp
 
 sklearn = pytest.importorskip("sklearn")
-from sklearn.metrics.pairwise import rbf_kernel  # noqa: E402
-from sklearn.semi_supervised import LabelSpreading  # noqa: E402
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.semi_supervised import LabelSpreading
 
 
 def digits(n: int):
@@ -108,11 +108,15 @@ def test_digits_active_learning_picks_sklearns_points():
         ours = distributions(gp.label_propagation(graph, y, alpha=0.2))
         np.testing.assert_allclose(ours, model.label_distributions_, rtol=1e-5, atol=1e-9)  # LU: absolute accuracy
         ent_ours, ent_sk = entropy(ours.T), entropy(model.label_distributions_.T)
-        pick = lambda ent: [i for i in np.argsort(ent)[::-1] if i not in known][:5]  # noqa: E731
-        chosen = pick(ent_sk)
+        chosen = _most_uncertain(ent_sk, known)
         # the same points, up to ties between duplicate samples (equal entropies)
-        np.testing.assert_allclose(ent_ours[pick(ent_ours)], ent_sk[chosen], rtol=1e-6)
+        np.testing.assert_allclose(ent_ours[_most_uncertain(ent_ours, known)], ent_sk[chosen], rtol=1e-6)
         known = np.concatenate([known, chosen])
+
+
+def _most_uncertain(ent: np.ndarray, known: np.ndarray) -> list:
+    """The active-learning example's pick: the 5 unlabelled points of largest entropy."""
+    return [i for i in np.argsort(ent)[::-1] if i not in known][:5]
 
 
 # --------------------------------------------------------------------- karate club

@@ -90,7 +90,7 @@ def test_cg_warns_when_rows_are_below_its_residual():
 @pytest.mark.parametrize("solver", ["cg", "fixed_point", "direct"])
 def test_tiny_float64_weights_with_float32_scores(solver):
     y = torch.rand(10, 2, generator=torch.Generator().manual_seed(0))
-    kw = dict(solver=solver, tol=1e-7, max_iter=50)
+    kw = {"solver": solver, "tol": 1e-7, "max_iter": 50}
     tiny = gp.label_propagation(ring(10, 1e-300), y, **kw)
     unit = gp.label_propagation(ring(10, 1.0), y, **kw)
     assert not torch.equal(tiny, y)
@@ -239,7 +239,7 @@ def test_directed_grid_graph_follows_the_edge_direction():
     explicit = grid.to_graph()
     y = torch.rand(20, 2, generator=gen, dtype=torch.float64)
     for solver in ("fixed_point", "direct"):
-        kw = dict(alpha=0.9, solver=solver, tol=0.0, max_iter=6)
+        kw = {"alpha": 0.9, "solver": solver, "tol": 0.0, "max_iter": 6}
         torch.testing.assert_close(gp.label_propagation(grid, y, **kw), gp.label_propagation(explicit, y, **kw))
 
 
@@ -249,7 +249,7 @@ def test_torch_fallback_operator_equals_the_csr_kernel(monkeypatch):
                      torch.cat([graph.edge_weight, graph.edge_weight[:30], torch.tensor([2.0], dtype=torch.float64)]),
                      50)  # duplicates and a self-loop
     y = torch.rand(50, 3, dtype=torch.float64)
-    kw = dict(alpha=0.9, solver="fixed_point", tol=0.0, max_iter=8)
+    kw = {"alpha": 0.9, "solver": "fixed_point", "tol": 0.0, "max_iter": 8}
     for normalize in (True, False):
         fast = gp.label_propagation(graph, y, normalize=normalize, **kw)
         monkeypatch.setattr(_propagation, "_csr_kernels_usable", lambda g: False)
@@ -277,7 +277,7 @@ def test_inputs_that_require_grad(solver):
 def test_huge_float32_scores(solver):
     graph = gp.symmetrize(random_directed(5, 40, 0.2)).to(dtype=torch.float32)
     y = torch.rand(40, 3, generator=torch.Generator().manual_seed(0))
-    kw = dict(solver=solver, tol=1e-6, max_iter=30)
+    kw = {"solver": solver, "tol": 1e-6, "max_iter": 30}
     small = gp.label_propagation(graph, y, **kw)
     big = gp.label_propagation(graph, y * 2.0**70, **kw)  # 1e21: ||y||^2 overflows float32
     torch.testing.assert_close(big, small * 2.0**70, rtol=1e-6, atol=0)
@@ -286,7 +286,7 @@ def test_huge_float32_scores(solver):
 @pytest.mark.parametrize("solver", ["cg", "fixed_point", "direct"])
 def test_weights_whose_degrees_overflow(solver):
     y = torch.rand(12, 2, dtype=torch.float64)
-    kw = dict(solver=solver, tol=1e-12, max_iter=200)
+    kw = {"solver": solver, "tol": 1e-12, "max_iter": 200}
     torch.testing.assert_close(gp.label_propagation(ring(12, 1e308), y, **kw), gp.label_propagation(ring(12, 1.0), y, **kw))
     assert ring(12, 1e308).is_symmetric()
 
@@ -359,6 +359,33 @@ def test_row_count_kernel_equals_torch():
 def test_tiny_float32_scores(solver):
     graph = gp.symmetrize(random_directed(5, 40, 0.2)).to(dtype=torch.float32)
     y = torch.rand(40, 3, generator=torch.Generator().manual_seed(0))
-    kw = dict(solver=solver, tol=1e-6, max_iter=30)
+    kw = {"solver": solver, "tol": 1e-6, "max_iter": 30}
     small = gp.label_propagation(graph, y * 2.0**-70, **kw)  # ||y||^2 underflows float32
     torch.testing.assert_close(small, gp.label_propagation(graph, y, **kw) * 2.0**-70, rtol=1e-6, atol=0)
+
+
+def test_inference_mode_graphs_are_checked_every_call():
+    with torch.inference_mode():
+        graph = gp.symmetrize(random_directed(2, 30))
+        y = torch.rand(30, 2, dtype=torch.float64)
+        z = gp.label_propagation(graph, y, solver="cg", tol=1e-12, max_iter=200)
+        graph.edge_weight[0] += 1.0  # in place, no version counter
+        with pytest.raises(ValueError, match="symmetric"):
+            gp.label_propagation(graph, y, solver="cg")
+    np.testing.assert_allclose(z.numpy(), dense_propagation(gp.symmetrize(random_directed(2, 30)).to_dense().numpy(),
+                                                            y.numpy(), 0.95), rtol=1e-8)
+
+
+def test_cg_is_silent_below_one_percent_of_unresolved_rows(monkeypatch):
+    w = np.zeros((20, 20))
+    w[:10, :10] = 1
+    w[10:, 10:] = 1
+    w[9, 10] = w[10, 9] = 1e-12
+    np.fill_diagonal(w, 0)
+    y = torch.zeros(20, 2, dtype=torch.float64)
+    y[0, 0] = y[1, 1] = 1
+    graph = gp.Graph.from_dense(torch.from_numpy(w))
+    monkeypatch.setattr(_propagation, "UNRESOLVED_ROWS_WARN", 0.5)  # 10 of 20 is not more than half
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gp.label_propagation(graph, y, alpha=0.5, tol=1e-6, solver="cg")
