@@ -200,8 +200,8 @@ def _is_symmetric(graph: Graph | GridGraph) -> bool:
     a randomised test in O(E) without sorting: for fixed random vectors a, b,
     ``a.(W b) == b.(W a)`` holds for a symmetric W and fails (with probability 1)
     when W != W^T beyond relative 1e-6."""
-    if isinstance(graph, GridGraph):
-        return _grid_is_symmetric(graph.materialize())
+    if isinstance(graph, GridGraph):  # exactly mirrored weights (as built): no pass over them
+        return graph.is_mirrored or _grid_is_symmetric(graph.materialize())
     gen = torch.Generator().manual_seed(0)
     ab = torch.rand(graph.num_nodes, 2, generator=gen, dtype=torch.float64).to(graph.device) + 0.5
     i, j = graph.edge_index

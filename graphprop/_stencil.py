@@ -157,7 +157,7 @@ class StencilOperator:
         if self.kernel == "numba" and self.symmetric and self._aligned(p) and self._aligned(q):
             from . import _numba_kernels
 
-            dots = p.new_empty(self.grid.height, p.size(1))
+            dots = p.new_empty(self.grid.height * _numba_kernels.tiles(self.grid.width, self.radius), p.size(1))
             _numba_kernels.symmetric_stencil(self.weights.numpy(), p.numpy(), q.numpy(), dots.numpy(),
                                              float(alpha), True, self.radius)
             return dots.sum(0)
