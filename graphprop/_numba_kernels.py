@@ -58,6 +58,28 @@ def exp_distance_grid(signal, radius, tau, tiny, out):  # pragma: no cover - com
 
 
 @numba.njit(parallel=True, cache=True)
+def mirrored(khw, radius):  # pragma: no cover - compiled
+    """Whether khw[o, p] == khw[K - 1 - o, p + offset(o)] for every in-grid pair."""
+    k, h, w = khw.shape
+    half = k // 2
+    side = 2 * radius + 1
+    bad = np.zeros(h, dtype=np.bool_)
+    for row_index in numba.prange(h):
+        y = np.int64(row_index)
+        for o in range(half):
+            window = half + o + 1
+            dy = window // side - radius
+            dx = window % side - radius
+            yy = y + dy
+            if yy >= h:
+                continue
+            for x in range(max(0, -dx), min(w, w - dx)):
+                if khw[half + o, y, x] != khw[half - 1 - o, yy, x + dx]:
+                    bad[y] = True
+    return not bad.any()
+
+
+@numba.njit(parallel=True, cache=True)
 def forward_half(khw, scale, out, radius, tiny):  # pragma: no cover - compiled
     """out[o, y, x] = (khw[K/2 + o, y, x] * scale[p]) * scale[q] for the K/2 offsets after
     the centre (q = p + offset in the grid), 0 outside the grid and where below ``tiny``

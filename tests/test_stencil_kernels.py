@@ -183,3 +183,20 @@ def test_compiled_grid_build_equals_the_torch_build(dtype):
         torch.testing.assert_close(fast.weights, slow.weights, rtol=rtol, atol=tiny)
         assert is_mirrored(gp.GridGraph(fast.weights.clone(), 3))
         assert not bool(_denormal(fast.weights).any())
+
+
+def test_inference_mode_graphs_are_checked_not_recorded():
+    """Inference tensors have no version counter: their mirror check is redone, so an
+    in-place change is still noticed."""
+    lab = torch.rand(3, 9, 12)
+    y = torch.rand(108, 3)
+    expected = gp.label_propagation(gp.grid_graph(lab, 2, 0.3), y)
+    with torch.inference_mode():
+        grid = gp.grid_graph(lab, 2, 0.3)
+        assert grid.is_mirrored
+        torch.testing.assert_close(gp.label_propagation(grid, y), expected)
+        grid.weights[5, 3, 3] += 1.0
+        changed = gp.GridGraph(grid.weights, 2)
+        assert not changed.is_mirrored
+        z = torch.rand(108, 4)
+        torch.testing.assert_close(changed.matmul(z), changed.to_sparse_coo().to_dense() @ z, rtol=1e-5, atol=1e-6)
