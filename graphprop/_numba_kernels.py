@@ -24,6 +24,14 @@ _ROW_J_1, _ROW_J_2, _ROW_J_3 = (window_row(MAX_PIXELS, v) for v in (1, 2, 3))
 assert MAX_VECTORS == 3
 
 
+@numba.njit(inline="always", cache=True)
+def _forward_offset(o, radius):  # pragma: no cover - compiled
+    """(dy, dx) of forward offset o (the o-th after the window's centre)."""
+    side = 2 * radius + 1
+    window = side * radius + radius + 1 + o  # window index: the centre is skipped
+    return window // side - radius, window % side - radius
+
+
 @numba.njit(parallel=True, cache=True)
 def exp_distance_grid(signal, radius, tau, tiny, out):  # pragma: no cover - compiled
     """The weights of :func:`~graphprop.grid_graph` with a float tau, in one pass:
@@ -33,13 +41,10 @@ def exp_distance_grid(signal, radius, tau, tiny, out):  # pragma: no cover - com
     signal's dtype (``tau`` and ``tiny`` given in it)."""
     c_dim, h, w = signal.shape
     half = out.shape[0] // 2
-    side = 2 * radius + 1
     for row_index in numba.prange(h):
         y = np.int64(row_index)  # prange indices are unsigned: -y would wrap
         for o in range(half):
-            window = half + o + 1  # window index of forward offset o: the centre is skipped
-            dy = window // side - radius
-            dx = window % side - radius
+            dy, dx = _forward_offset(o, radius)
             yy = y + dy
             if yy >= h:
                 continue
@@ -62,14 +67,11 @@ def mirrored(khw, radius):  # pragma: no cover - compiled
     """Whether khw[o, p] == khw[K - 1 - o, p + offset(o)] for every in-grid pair."""
     k, h, w = khw.shape
     half = k // 2
-    side = 2 * radius + 1
     bad = np.zeros(h, dtype=np.bool_)
     for row_index in numba.prange(h):
         y = np.int64(row_index)
         for o in range(half):
-            window = half + o + 1
-            dy = window // side - radius
-            dx = window % side - radius
+            dy, dx = _forward_offset(o, radius)
             yy = y + dy
             if yy >= h:
                 continue
@@ -86,13 +88,10 @@ def forward_half(khw, scale, out, radius, tiny):  # pragma: no cover - compiled
     (the smallest normal number: no denormal operand in the products)."""
     k, h, w = khw.shape
     half = k // 2
-    side = 2 * radius + 1
     for row_index in numba.prange(h):
         y = np.int64(row_index)
         for o in range(half):
-            window = half + o + 1  # window index: the centre is skipped
-            dy = window // side - radius
-            dx = window % side - radius
+            dy, dx = _forward_offset(o, radius)
             yy = y + dy
             for x in range(w):
                 xx = x + dx
