@@ -63,17 +63,41 @@ def test_pixel_stage(benchmark, workload, stage, impl):
         benchmark.pedantic(gp.label_propagation, args=(graph, scores), rounds=3, iterations=1, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("kernel", ["numba", "torch", "torch_csr"])
+PIXEL_MACS = HEIGHT * WIDTH * ((2 * RADIUS + 1) ** 2 - 1) * COLUMNS  # multiply-adds of one product
+
+
+@pytest.mark.parametrize("kernel", ["numba", "numba_fused", "numba_full", "torch", "torch_csr"])
 def test_pixel_product_per_iteration(benchmark, workload, kernel):
-    """One W_hat @ Z product (the inner loop of every CG iteration)."""
+    """One W_hat @ Z product (the inner loop of every CG iteration): the symmetric numba
+    stencil, the same fused with q = p - alpha W p and p.q, the all-weights pixel-major
+    numba stencil (the kernel before, still used for non-symmetric grids), the torch
+    stencil and torch CSR on the explicit matrix."""
+    from graphprop import _numba_kernels
+    from graphprop._stencil import _scaled_pixel_major
+
     lab, scores = workload
     graph = gp.sym_normalize(gp.grid_graph(lab, RADIUS, TAU))
+    padded = torch.zeros(scores.size(0), 48)
+    padded[:, :COLUMNS] = scores
+    out = torch.empty_like(padded)
     if kernel == "torch_csr":
         csr = graph.to_graph().to_sparse_csr()
         benchmark.pedantic(torch.sparse.mm, args=(csr, scores), rounds=3, iterations=1, warmup_rounds=1)
+    elif kernel == "numba_full":
+        weights = _scaled_pixel_major(graph, torch.float32).numpy()
+        args = (weights, padded.numpy(), out.numpy(), RADIUS)
+        benchmark.pedantic(_numba_kernels.stencil, args=args, rounds=5, iterations=1, warmup_rounds=1)
+    elif kernel == "numba_fused":
+        op = graph.operator(torch.float32, kernel="numba")
+        benchmark.pedantic(op.shifted_dot, args=(padded, ALPHA, out), rounds=7, iterations=1, warmup_rounds=1)
     else:
         op = graph.operator(scores.dtype, kernel=kernel)
-        benchmark.pedantic(op, args=(scores,), rounds=3, iterations=1, warmup_rounds=1)
+        rounds = 7 if kernel == "numba" else 3
+        benchmark.pedantic(op, args=(padded, out) if kernel == "numba" else (scores,), rounds=rounds,
+                           iterations=1, warmup_rounds=1)
+    best = benchmark.stats.stats.min
+    benchmark.extra_info["gmac_per_s"] = PIXEL_MACS / best / 1e9
+    print(f"\n{kernel}: {best * 1e3:.1f} ms, {PIXEL_MACS / best / 1e9:.1f} G multiply-adds/s (46 columns)")
 
 
 SETUP = """
@@ -97,3 +121,63 @@ def test_pixel_peak_memory(benchmark, impl):
     print(f"\n{impl}: peak memory {peak:.0f} MiB over the inputs ({HEIGHT}x{WIDTH}, {COLUMNS} columns)")
     if impl == "graphprop":
         assert peak < 1024
+
+
+# ------------------------------------------------------------ the machine's floor
+def _peak_kernels():
+    """The stencil's register block (4 pixels x 48 columns, the same loads) on data that
+    stays in L1: the multiply-adds/s this inner loop can reach on this machine."""
+    import numba
+
+    from graphprop._simd import LANES, scratch, window_row, zero
+
+    row = window_row(4, 3)
+
+    @numba.njit(parallel=True, cache=True)
+    def peak(w, z, reps, out):
+        for t in numba.prange(out.shape[0]):
+            acc = scratch(z.dtype)
+            zero(acc, 12)
+            for _ in range(reps):
+                row(acc, w, 0, 0, z, 0, 0, 3 * LANES, 1000)
+            out[t] = acc[0]
+
+    return peak
+
+
+def test_machine_peak_multiply_adds(benchmark):
+    """fp32 multiply-adds/s: the stencil's inner loop on L1-resident data (all numba
+    threads), and torch's float32 matrix product (MKL) for comparison."""
+    import time
+
+    import numba
+
+    peak = _peak_kernels()
+    w = np.full(4, 1e-3, np.float32)
+    z = np.ones((4, 48), np.float32)
+    out = np.zeros(numba.get_num_threads(), np.float32)
+    reps = 2000
+    peak(w, z, 1, out)  # compile
+    benchmark.pedantic(peak, args=(w, z, reps, out), rounds=5, iterations=1)
+    stencil = out.size * reps * 1000 * 4 * 48 / benchmark.stats.stats.min / 1e9
+    a = torch.rand(2048, 2048)
+    torch.mm(a, a)
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, a)
+        ts.append(time.perf_counter() - t0)
+    sgemm = 2048**3 / min(ts) / 1e9
+    benchmark.extra_info["stencil_loop_gmac_per_s"] = stencil
+    benchmark.extra_info["torch_sgemm_gmac_per_s"] = sgemm
+    print(f"\nstencil inner loop, L1-resident: {stencil:.1f} G multiply-adds/s; torch sgemm: {sgemm:.1f}")
+
+
+def test_machine_memory_bandwidth(benchmark):
+    """Bytes/s of a large copy (read + write), the bound for streaming the weights."""
+    src = torch.rand(64 * 2**20)  # 256 MiB
+    dst = torch.empty_like(src)
+    benchmark.pedantic(dst.copy_, args=(src,), rounds=5, iterations=1, warmup_rounds=1)
+    gbs = 2 * src.numel() * 4 / benchmark.stats.stats.min / 1e9
+    benchmark.extra_info["copy_gb_per_s"] = gbs
+    print(f"\ncopy: {gbs:.1f} GB/s (read + write)")

@@ -196,11 +196,14 @@ def grid_graph(signal: Tensor, radius: int, weight: WeightFn | float = 0.01) -> 
     """
     signal = check_tensor("signal", signal, dims=("C", "H", "W"), floating=True, finite=True, nonempty=True)
     radius = check_positive_int("radius", radius)
-    if not callable(weight):
-        weight = exp_distance_weight(weight)
     _, h, w = signal.shape
     offsets = grid_offsets(radius)
     k = len(offsets)
+    if not callable(weight):
+        tau = check_range("tau", weight, low=0.0, low_open=True)
+        if signal.device.type == "cpu" and _stencil.numba_available():
+            return _exp_distance_grid_numba(signal, radius, tau)
+        weight = exp_distance_weight(tau)
     weights = torch.zeros(k, h, w, dtype=signal.dtype, device=signal.device)
     # offsets before the centre only; o and k-1-o are opposite, so mirror each block
     for o, p, q in offset_blocks(offsets[: k // 2], h, w):
@@ -213,6 +216,19 @@ def grid_graph(signal: Tensor, radius: int, weight: WeightFn | float = 0.01) -> 
     if finite_nonnegative(weights) != (True, True):
         raise ValueError("weight must return finite non-negative weights")
     _stencil.flush_denormals(weights, nonnegative=True)
+    _stencil.mark_mirrored(weights)
+    return GridGraph(weights, radius)
+
+
+def _exp_distance_grid_numba(signal: Tensor, radius: int, tau: float) -> GridGraph:
+    """:func:`grid_graph` with a float tau in one compiled pass (CPU)."""
+    from . import _numba_kernels
+
+    signal = signal.contiguous()
+    weights = torch.zeros((2 * radius + 1) ** 2 - 1, signal.size(1), signal.size(2), dtype=signal.dtype)
+    scalar = signal.numpy().dtype.type
+    _numba_kernels.exp_distance_grid(signal.numpy(), radius, scalar(tau), scalar(torch.finfo(signal.dtype).tiny),
+                                     weights.numpy())
     _stencil.mark_mirrored(weights)
     return GridGraph(weights, radius)
 

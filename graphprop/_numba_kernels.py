@@ -11,6 +11,8 @@ all the weights pixel-major).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -22,6 +24,63 @@ _ROW_J_1, _ROW_J_2, _ROW_J_3 = (window_row(MAX_PIXELS, v) for v in (1, 2, 3))
 assert MAX_VECTORS == 3
 
 
+@numba.njit(inline="always", cache=True)
+def _forward_offset(o, radius):  # pragma: no cover - compiled
+    """(dy, dx) of forward offset o (the o-th after the window's centre)."""
+    side = 2 * radius + 1
+    window = side * radius + radius + 1 + o  # window index: the centre is skipped
+    return window // side - radius, window % side - radius
+
+
+@numba.njit(parallel=True, cache=True)
+def exp_distance_grid(signal, radius, tau, tiny, out):  # pragma: no cover - compiled
+    """The weights of :func:`~graphprop.grid_graph` with a float tau, in one pass:
+    out[o, p] = out[opposite(o), q] = exp(-||f_p - f_q|| / tau) for every in-grid pair,
+    each computed once (from the forward offset), 0 below ``tiny``; ``out`` (K, H, W)
+    zeros on entry. The arithmetic of :func:`~graphprop.exp_distance_weight`, in the
+    signal's dtype (``tau`` and ``tiny`` given in it)."""
+    c_dim, h, w = signal.shape
+    half = out.shape[0] // 2
+    for row_index in numba.prange(h):
+        y = np.int64(row_index)  # prange indices are unsigned: -y would wrap
+        for o in range(half):
+            dy, dx = _forward_offset(o, radius)
+            yy = y + dy
+            if yy >= h:
+                continue
+            for x in range(max(0, -dx), min(w, w - dx)):
+                xx = x + dx
+                d = signal[0, y, x] - signal[0, yy, xx]
+                s = d * d
+                for c in range(1, c_dim):
+                    d = signal[c, y, x] - signal[c, yy, xx]
+                    s += d * d
+                v = math.exp(-math.sqrt(s) / tau)
+                if v < tiny:
+                    v = v * 0
+                out[half + o, y, x] = v
+                out[half - 1 - o, yy, xx] = v
+
+
+@numba.njit(parallel=True, cache=True)
+def mirrored(khw, radius):  # pragma: no cover - compiled
+    """Whether khw[o, p] == khw[K - 1 - o, p + offset(o)] for every in-grid pair."""
+    k, h, w = khw.shape
+    half = k // 2
+    bad = np.zeros(h, dtype=np.bool_)
+    for row_index in numba.prange(h):
+        y = np.int64(row_index)
+        for o in range(half):
+            dy, dx = _forward_offset(o, radius)
+            yy = y + dy
+            if yy >= h:
+                continue
+            for x in range(max(0, -dx), min(w, w - dx)):
+                if khw[half + o, y, x] != khw[half - 1 - o, yy, x + dx]:
+                    bad[y] = True
+    return not bad.any()
+
+
 @numba.njit(parallel=True, cache=True)
 def forward_half(khw, scale, out, radius, tiny):  # pragma: no cover - compiled
     """out[o, y, x] = (khw[K/2 + o, y, x] * scale[p]) * scale[q] for the K/2 offsets after
@@ -29,13 +88,10 @@ def forward_half(khw, scale, out, radius, tiny):  # pragma: no cover - compiled
     (the smallest normal number: no denormal operand in the products)."""
     k, h, w = khw.shape
     half = k // 2
-    side = 2 * radius + 1
     for row_index in numba.prange(h):
         y = np.int64(row_index)
         for o in range(half):
-            window = half + o + 1  # window index: the centre is skipped
-            dy = window // side - radius
-            dx = window % side - radius
+            dy, dx = _forward_offset(o, radius)
             yy = y + dy
             for x in range(w):
                 xx = x + dx
@@ -91,8 +147,9 @@ def _window(acc, wf, z, y, x, nj, nv, c0, radius):  # pragma: no cover - compile
 
 
 @numba.njit(inline="always", cache=True)
-def _block(acc, wf, z, out, dots, alpha, fused, y, x, nj, nv, c0, radius):  # pragma: no cover - compiled
-    """One register block: pixels (y, x + j), j < nj, columns c0 + [0, nv * LANES)."""
+def _block(acc, wf, z, out, dots, d, alpha, fused, y, x, nj, nv, c0, radius):  # pragma: no cover
+    """One register block: pixels (y, x + j), j < nj, columns c0 + [0, nv * LANES); with
+    ``fused`` its share of p . q added to dots[d]."""
     w = wf.shape[2]
     e = z.shape[1]
     zero(acc, nj * nv)
@@ -101,9 +158,19 @@ def _block(acc, wf, z, out, dots, alpha, fused, y, x, nj, nv, c0, radius):  # pr
         for v in range(nv):
             zi = (y * w + x + j) * e + c0 + v * LANES
             if fused:
-                store_shifted(acc, (j * nv + v) * LANES, z, out, zi, alpha, dots, y * e + c0 + v * LANES)
+                store_shifted(acc, (j * nv + v) * LANES, z, out, zi, alpha, dots, d * e + c0 + v * LANES)
             else:
                 store(acc, (j * nv + v) * LANES, out, zi)
+
+
+TILE = 192  # columns of a tile: its 13-row window of z (48 columns) is ~0.5 MB, in L2
+BAND = 32  # rows of a band: one work item is a band x a tile
+
+
+def tiles(width: int, radius: int) -> int:
+    """How many column tiles :func:`symmetric_stencil` splits ``width`` into (the rows of
+    its ``dots`` are (H * tiles, E))."""
+    return 1 + max(0, -(-(width - radius - TILE) // TILE))
 
 
 @numba.njit(**_PARALLEL)
@@ -111,31 +178,43 @@ def symmetric_stencil(wf, z, out, dots, alpha, fused, radius):  # pragma: no cov
     """out = W @ z for a symmetric grid graph stored as its forward half ``wf`` (K/2, H, W)
     (:func:`forward_half`); z, out (N, E) C-contiguous, E a multiple of LANES.
 
-    With ``fused``: out = z - alpha * W @ z and dots[y, :] = sum over row y of z * out
-    (dots (H, E); summed over rows by the caller), in the same pass.
+    With ``fused``: out = z - alpha * W @ z and dots[y * T + t, :] = the sum of z * out
+    over row y of tile t (dots (H * T, E), T = :func:`tiles`; summed by the caller), in
+    the same pass.
 
-    Parallel over image rows; each row in blocks of MAX_PIXELS pixels x MAX_VECTORS
-    vectors of columns whose accumulators stay in registers over a window row."""
+    Parallel over bands of BAND rows x tiles of TILE columns (tile boundaries at
+    radius + k * TILE, so that register blocks never straddle them): within one, the
+    window of z rows slides down and stays in L2. Each row of a tile in blocks of
+    MAX_PIXELS pixels x MAX_VECTORS vectors of columns whose accumulators stay in
+    registers over a window row."""
     _, h, w = wf.shape
     e = z.shape[1]
     nvec = e // LANES
-    for row_index in numba.prange(h):
-        y = np.int64(row_index)  # prange indices are unsigned: -y would wrap
+    ntiles = 1 + max(0, -(-(w - radius - TILE) // TILE))
+    nbands = -(-h // BAND)
+    for item in numba.prange(nbands * ntiles):
+        band = np.int64(item) // ntiles  # prange indices are unsigned: -y would wrap
+        tile = np.int64(item) % ntiles
+        x0 = 0 if tile == 0 else radius + tile * TILE
+        x1 = min(w, radius + (tile + 1) * TILE)
         acc = scratch(z.dtype)
-        if fused:
-            for i in range(e):
-                dots[y, i] = 0
-        for chunk in range(0, nvec, MAX_VECTORS):
-            nv = min(MAX_VECTORS, nvec - chunk)
-            c0 = chunk * LANES
-            x = 0
-            while x < w:
-                nj = MAX_PIXELS if radius <= x and x + MAX_PIXELS - 1 + radius < w else 1
-                if nj == MAX_PIXELS and nv == MAX_VECTORS:  # the common case, specialised
-                    _block(acc, wf, z, out, dots, alpha, fused, y, x, MAX_PIXELS, MAX_VECTORS, c0, radius)
-                else:
-                    _block(acc, wf, z, out, dots, alpha, fused, y, x, nj, nv, c0, radius)
-                x += nj
+        for y in range(band * BAND, min(h, (band + 1) * BAND)):
+            if fused:
+                for i in range(e):
+                    dots[y * ntiles + tile, i] = 0
+            for chunk in range(0, nvec, MAX_VECTORS):
+                nv = min(MAX_VECTORS, nvec - chunk)
+                c0 = chunk * LANES
+                x = x0
+                while x < x1:
+                    interior = radius <= x and x + MAX_PIXELS - 1 + radius < w and x + MAX_PIXELS <= x1
+                    nj = MAX_PIXELS if interior else 1
+                    d = y * ntiles + tile
+                    if nj == MAX_PIXELS and nv == MAX_VECTORS:  # the common case, specialised
+                        _block(acc, wf, z, out, dots, d, alpha, fused, y, x, MAX_PIXELS, MAX_VECTORS, c0, radius)
+                    else:
+                        _block(acc, wf, z, out, dots, d, alpha, fused, y, x, nj, nv, c0, radius)
+                    x += nj
 
 
 @numba.njit(**_PARALLEL)

@@ -352,9 +352,9 @@ def _auto_solver(graph: Graph | GridGraph, symmetric: bool) -> str:
 
 def _is_symmetric(graph: Graph | GridGraph) -> bool:
     """W == W^T exactly up to float rounding: :meth:`Graph.is_symmetric` (cached);
-    grid graphs compared offset by offset."""
+    grid graphs built mirrored need no pass, others are compared offset by offset."""
     if isinstance(graph, GridGraph):
-        return _grid_is_symmetric(graph.materialize())
+        return graph.is_mirrored or _grid_is_symmetric(graph.materialize())
     return graph.is_symmetric()
 
 

@@ -77,32 +77,40 @@ _MIRRORED: dict[int, tuple["weakref.ref[Tensor]", int]] = {}
 
 
 def mark_mirrored(weights: Tensor) -> None:
-    """Record that (K, H, W) ``weights`` are mirrored as they are now (see :func:`is_mirrored`)."""
+    """Record that (K, H, W) ``weights`` are mirrored as they are now (see :func:`is_mirrored`);
+    not for inference tensors, which have no version counter to notice a later change."""
+    if weights.is_inference():
+        return
     key = id(weights)
     _MIRRORED[key] = (weakref.ref(weights, lambda _: _MIRRORED.pop(key, None)), weights._version)
 
 
 def _known_mirrored(weights: Tensor) -> bool:
     ref, version = _MIRRORED.get(id(weights), (None, -1))
-    return ref is not None and ref() is weights and weights._version == version
+    return ref is not None and ref() is weights and not weights.is_inference() and weights._version == version
 
 
 def is_mirrored(grid: "GridGraph") -> bool:
     """Whether ``weights[o, p] == weights[opposite(o), p + o]`` exactly for every in-grid
     pair (W symmetric, the form :func:`~graphprop.grid_graph` builds): the symmetric
-    kernels read the forward half only. Checked offset by offset unless the weights
-    were built mirrored and not changed since."""
+    kernels read the forward half only. Checked (one compiled pass on CPU) unless the
+    weights were built mirrored and not changed since."""
     from ._grid import offset_blocks
 
     weights = grid.weights
     if _known_mirrored(weights):
         return True
-    k = len(grid.offsets)
-    for o, p, q in offset_blocks(grid.offsets[: k // 2], grid.height, grid.width):
-        if not torch.equal(weights[o][p], weights[k - 1 - o][q]):
-            return False
-    mark_mirrored(weights)
-    return True
+    if weights.device.type == "cpu" and numba_available():
+        from . import _numba_kernels
+
+        result = bool(_numba_kernels.mirrored(weights.contiguous().numpy(), grid.radius))
+    else:
+        k = len(grid.offsets)
+        blocks = offset_blocks(grid.offsets[: k // 2], grid.height, grid.width)
+        result = all(torch.equal(weights[o][p], weights[k - 1 - o][q]) for o, p, q in blocks)
+    if result:
+        mark_mirrored(weights)
+    return result
 
 
 class StencilOperator:
@@ -157,7 +165,7 @@ class StencilOperator:
         if self.kernel == "numba" and self.symmetric and self._aligned(p) and self._aligned(q):
             from . import _numba_kernels
 
-            dots = p.new_empty(self.grid.height, p.size(1))
+            dots = p.new_empty(self.grid.height * _numba_kernels.tiles(self.grid.width, self.radius), p.size(1))
             _numba_kernels.symmetric_stencil(self.weights.numpy(), p.numpy(), q.numpy(), dots.numpy(),
                                              float(alpha), True, self.radius)
             return dots.sum(0)
