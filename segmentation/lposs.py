@@ -93,12 +93,12 @@ def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float
     n = features.shape[0]
     features = features.float()
     centers = centers.to(device=features.device, dtype=torch.float32)
-    values, indices = gp.knn(features, min(k, n), metric="ip", backend=backend)
-    rows = torch.arange(n, device=features.device).repeat_interleave(indices.shape[1])
-    cols = indices.reshape(-1)
-    distance = (centers[rows] - centers[cols]).norm(dim=1)
-    weight = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * distance ** pix_dist_pow)
-    return gp.symmetrize(gp.Graph(torch.stack([rows, cols]), weight, n))
+
+    def weight(values: Tensor, edge_index: Tensor) -> Tensor:
+        distance = (centers[edge_index[0]] - centers[edge_index[1]]).norm(dim=1)
+        return values.clamp_min(0) ** gamma * torch.exp(-sigma * distance ** pix_dist_pow)
+
+    return gp.knn_graph(features, min(k, n), metric="ip", backend=backend, weight=weight, symmetric=True)
 
 
 def pixel_propagation(
