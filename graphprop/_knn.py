@@ -223,7 +223,7 @@ def knn_graph(
     if not symmetric:
         return Graph(edge_index, w, n)
     if _compiled_symmetrize(w):
-        from ._knn_kernels import symmetric_knn
+        from ._csr_kernels import symmetric_knn
 
         crow, col, val = symmetric_knn(indices.contiguous().numpy(), w.reshape(n, kk).contiguous().numpy())
         counts = torch.from_numpy(crow).diff()

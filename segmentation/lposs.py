@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import graphprop as gp
+from graphprop._stencil import numba_available
 
 from .color import LAB_SCALE, rgb_to_lab
 
@@ -78,9 +79,26 @@ def patch_propagation(
     _check_solver_settings(alpha, tol, max_iter)
 
     graph = patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
-    z = gp.label_propagation(graph.to(dtype=torch.float64), scores.to(graph.edge_weight.device, torch.float64),
-                             alpha=alpha, tol=tol, max_iter=max_iter)
+    z = gp.label_propagation(_normalized(graph), scores.to(graph.edge_weight.device, torch.float64),
+                             alpha=alpha, tol=tol, max_iter=max_iter, solver="cg", normalize=False)
     return z.to(device=scores.device, dtype=scores.dtype)
+
+
+def _normalized(graph: gp.Graph) -> gp.Graph:
+    """``W_hat = D^-1/2 W D^-1/2`` of ``graph`` without its self-loops, in float64: what
+    ``label_propagation(graph.to(dtype=torch.float64))`` normalises to (§6). On the CPU one
+    compiled pass over the edges, which :func:`patch_graph` gives sorted by (source, target)."""
+    if graph.device.type != "cpu" or not numba_available():
+        return gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64)))
+    from graphprop._csr_kernels import normalized_without_self_loops
+
+    n = graph.num_nodes
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(graph.edge_index[0], minlength=n), 0, out=crow[1:])
+    crow, col, val = normalized_without_self_loops(crow.numpy(), graph.edge_index[1].numpy(),
+                                                   graph.edge_weight.numpy())
+    rows = torch.arange(n).repeat_interleave(torch.from_numpy(crow).diff())
+    return gp.Graph(torch.stack([rows, torch.from_numpy(col)]), torch.from_numpy(val), n)
 
 
 def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float = 3.0, sigma: float = 0.01,

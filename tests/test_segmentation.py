@@ -124,6 +124,26 @@ def test_patch_propagation_settings_match_scipy(k, gamma, sigma, pix_dist_pow):
         assert np.abs(published - expected).max() > 1e-3 * scale
 
 
+@pytest.mark.parametrize("isolated", [False, True])
+def test_patch_solver_graph_is_the_normalisation_of_label_propagation(isolated):
+    """The float64 W_hat patch_propagation hands to the solver (compiled on the CPU) equals
+    graphprop's sym_normalize(remove_self_loops(.)) of the float64 graph, a zero degree
+    (a node whose only edge is its self-loop) counting as 1."""
+    from segmentation.lposs import _normalized
+
+    features, _, centers = _patch_inputs(n=120)
+    graph = patch_graph(features, centers, k=9, gamma=2.0)
+    if isolated:  # node 0 keeps only its self-loop
+        row, col = graph.edge_index
+        keep = ((row != 0) & (col != 0)) | ((row == 0) & (col == 0))
+        graph = gp.Graph(graph.edge_index[:, keep], graph.edge_weight[keep], graph.num_nodes)
+    fast = _normalized(graph)
+    reference = gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64)))
+    assert torch.equal(fast.edge_index, reference.edge_index)
+    assert fast.edge_weight.dtype == torch.float64
+    torch.testing.assert_close(fast.edge_weight, reference.edge_weight, rtol=1e-15, atol=0)
+
+
 def test_patch_propagation_caps_k_and_validates():
     features = F.normalize(torch.randn(10, 4), dim=1)
     z = patch_propagation(features, torch.rand(10, 2), torch.rand(10, 2), k=400)
