@@ -106,7 +106,9 @@ def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float
     """The LPOSS patch graph ``W + W^T`` (not normalised), float32 weights as published.
 
     ``features`` (N, D) L2-normalised, ``centers`` (N, 2) in pixels; kNN by inner product with
-    ``min(k, N)`` neighbours (self included), weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``.
+    ``min(k, N)`` neighbours (self included), weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``
+    on the directed edges, then ``W + W^T`` (:func:`graphprop.knn_graph` with ``symmetric=True``):
+    edges sorted by (source, target), self-loops kept (the solver drops them).
     """
     n = features.shape[0]
     features = features.float()
