@@ -526,11 +526,12 @@ def test_symmetric_knn_graph_custom_weight_sees_each_directed_edge_once():
     assert graph.num_edges == mask.sum()
 
 
-def test_unordered_search_finds_the_same_neighbours():
+@pytest.mark.parametrize("ties", [False, True])
+def test_unordered_search_finds_the_same_neighbours(ties):
     """knn_graph(symmetric=True) skips the sort of each row: the same neighbours and values
-    as knn, each row as a set."""
+    as knn, each row as a set (with exact ties too: small integer points)."""
     g = torch.Generator().manual_seed(11)
-    x = torch.randn(200, 16, generator=g)
+    x = torch.randint(-2, 3, (200, 3), generator=g).float() if ties else torch.randn(200, 16, generator=g)
     v, i = graphprop.knn(x, 30, metric="ip")
     vu, iu = knn_module._search(x, 30, None, "ip", "torch", ordered=False)
     order = iu.argsort(dim=1)
