@@ -50,7 +50,7 @@ def _transpose(indices, weights, n):  # pragma: no cover - compiled
 @numba.njit(**_SERIAL)
 def symmetric_knn(indices, weights):  # pragma: no cover - compiled
     """``W + W^T`` of the kNN graph with ``W[i, indices[i, t]] = weights[i, t]``, as
-    CSR sorted by (row, column): ``(crow (N + 1,), col (E,), value (E,))``. An entry
+    edges sorted by (row, column): ``(edge_index (2, E), value (E,))``. An entry
     found from both sides gets ``w_ij + w_ji``; an explicit zero weight stays an edge.
 
     Each row is gathered in a dense scratch row (its own neighbours, then the nodes
@@ -60,8 +60,7 @@ def symmetric_knn(indices, weights):  # pragma: no cover - compiled
     n, k = indices.shape
     start, source, value = _transpose(indices, weights, n)
     words = (n + 63) // 64
-    crow = np.zeros(n + 1, dtype=np.int64)
-    col = np.empty(n * k + source.size, dtype=np.int64)  # at most k + in-degree per row
+    edges = np.empty((2, n * k + source.size), dtype=np.int64)  # at most k + in-degree per row
     val = np.empty(n * k + source.size, dtype=weights.dtype)
     acc = np.zeros(n, dtype=weights.dtype)
     seen = np.zeros(words, dtype=np.uint64)
@@ -81,20 +80,20 @@ def symmetric_knn(indices, weights):  # pragma: no cover - compiled
             while bits:
                 low = bits & (~bits + one)
                 j = word * 64 + _DEBRUIJN_POSITION[(low * _DEBRUIJN) >> np.uint64(58)]
-                col[out] = j
+                edges[0, out] = i
+                edges[1, out] = j
                 val[out] = acc[j]
                 acc[j] = 0
                 out += 1
                 bits ^= low
             seen[word] = 0
-        crow[i + 1] = out
-    return crow, col[:out].copy(), val[:out].copy()
+    return edges[:, :out].copy(), val[:out].copy()
 
 
 @numba.njit(**_SERIAL)
 def normalized_without_self_loops(crow, col, val):  # pragma: no cover - compiled
     """``D^-1/2 W D^-1/2`` of a CSR graph (rows sorted) without its diagonal, in float64:
-    ``(crow', col', w_hat)`` with ``w_hat = (w_ij * d_i^-1/2) * d_j^-1/2``, d the row sums
+    ``(edge_index (2, E'), w_hat (E',))`` with ``w_hat = (w_ij * d_i^-1/2) * d_j^-1/2``, d the row sums
     of W off the diagonal in float64, a zero degree counted as 1 (as
     ``sym_normalize(remove_self_loops(graph))`` on float64 weights)."""
     n = crow.size - 1
@@ -112,14 +111,15 @@ def normalized_without_self_loops(crow, col, val):  # pragma: no cover - compile
     out_crow = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         out_crow[i + 1] = out_crow[i] + keep[i]
-    out_col = np.empty(out_crow[n], dtype=np.int64)
+    out_edges = np.empty((2, out_crow[n]), dtype=np.int64)
     out_val = np.empty(out_crow[n], dtype=np.float64)
     for i in range(n):
         out = out_crow[i]
         for e in range(crow[i], crow[i + 1]):
             j = col[e]
             if j != i:
-                out_col[out] = j
+                out_edges[0, out] = i
+                out_edges[1, out] = j
                 out_val[out] = (np.float64(val[e]) * dinv[i]) * dinv[j]
                 out += 1
-    return out_crow, out_col, out_val
+    return out_edges, out_val

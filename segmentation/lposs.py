@@ -95,10 +95,8 @@ def _normalized(graph: gp.Graph) -> gp.Graph:
     n = graph.num_nodes
     crow = torch.zeros(n + 1, dtype=torch.long)
     torch.cumsum(torch.bincount(graph.edge_index[0], minlength=n), 0, out=crow[1:])
-    crow, col, val = normalized_without_self_loops(crow.numpy(), graph.edge_index[1].numpy(),
-                                                   graph.edge_weight.numpy())
-    rows = torch.arange(n).repeat_interleave(torch.from_numpy(crow).diff())
-    return gp.Graph(torch.stack([rows, torch.from_numpy(col)]), torch.from_numpy(val), n)
+    edges, val = normalized_without_self_loops(crow.numpy(), graph.edge_index[1].numpy(), graph.edge_weight.numpy())
+    return gp.Graph(torch.from_numpy(edges), torch.from_numpy(val), n)
 
 
 def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float = 3.0, sigma: float = 0.01,

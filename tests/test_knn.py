@@ -538,3 +538,16 @@ def test_unordered_search_finds_the_same_neighbours(ties):
     ref = i.argsort(dim=1)
     assert torch.equal(iu.gather(1, order), i.gather(1, ref))
     assert torch.equal(vu.gather(1, order), v.gather(1, ref))
+
+
+def test_numpy_blas_product_equals_torch():
+    """The CPU inner products go through numpy's BLAS (faster on AMD CPUs): equal to torch's
+    to float rounding, and torch's own product is kept where a gradient is needed."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 64, generator=g)
+    q = torch.randn(40, 64, generator=g)
+    assert knn_module._use_numpy_blas(x, q)
+    torch.testing.assert_close(knn_module._numpy_product(q, x), knn_module._torch_product(q, x), rtol=1e-5, atol=1e-5)
+    assert not knn_module._use_numpy_blas(x.requires_grad_(), q)
+    values, _ = graphprop.knn(x, 5, queries=q, metric="ip")
+    assert values.requires_grad
