@@ -8,7 +8,14 @@ import pytest
 import torch
 
 import graphprop as gp
-from benchmarks.workloads import ALPHA, MAX_ITER, TOL, baseline_patch_graph, baseline_solve, patch_workload
+from benchmarks.workloads import (
+    ALPHA,
+    MAX_ITER,
+    TOL,
+    baseline_patch_graph,
+    baseline_solve,
+    patch_workload,
+)
 from segmentation.lposs import patch_propagation
 
 

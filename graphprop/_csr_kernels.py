@@ -14,8 +14,6 @@ import numpy as np
 # serial loops: at N of a few thousand a pass takes milliseconds, and on cores shared with
 # other work (or with torch's threads) a parallel loop waits for its slowest thread
 
-_SERIAL = dict(cache=True, boundscheck=False)
-
 # de Bruijn sequence: the position of the lowest set bit of a 64-bit word by one multiply
 _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
 _DEBRUIJN_POSITION = np.array(
@@ -24,7 +22,7 @@ _DEBRUIJN_POSITION = np.array(
      20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
 
 
-@numba.njit(**_SERIAL)
+@numba.njit(cache=True, boundscheck=False)
 def _transpose(indices, weights, n):  # pragma: no cover - compiled
     """The kNN lists turned around: for each node j, the (source i, weight) of every
     i with j among its neighbours, in increasing i (a stable counting sort)."""
@@ -47,7 +45,7 @@ def _transpose(indices, weights, n):  # pragma: no cover - compiled
     return start, source, value
 
 
-@numba.njit(**_SERIAL)
+@numba.njit(cache=True, boundscheck=False)
 def symmetric_knn(indices, weights):  # pragma: no cover - compiled
     """``W + W^T`` of the kNN graph with ``W[i, indices[i, t]] = weights[i, t]``, as
     edges sorted by (row, column): ``(edge_index (2, E), value (E,))``. An entry
@@ -90,7 +88,7 @@ def symmetric_knn(indices, weights):  # pragma: no cover - compiled
     return edges[:, :out].copy(), val[:out].copy()
 
 
-@numba.njit(**_SERIAL)
+@numba.njit(cache=True, boundscheck=False)
 def normalized_without_self_loops(crow, col, val):  # pragma: no cover - compiled
     """``D^-1/2 W D^-1/2`` of a CSR graph (rows sorted) without its diagonal, in float64:
     ``(edge_index (2, E'), w_hat (E',))`` with ``w_hat = (w_ij * d_i^-1/2) * d_j^-1/2``, d the row sums

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -246,7 +246,7 @@ def knn_graph(
 
         edges, val = symmetric_knn(indices.contiguous().numpy(), w.reshape(n, kk).contiguous().numpy())
         return Graph(torch.from_numpy(edges), torch.from_numpy(val), n)
-    return symmetrize(Graph(edge_index, w, n))
+    return cast(Graph, symmetrize(Graph(edge_index, w, n)))
 
 
 def _compiled_symmetrize(w: Tensor) -> bool:
