@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import graphprop as gp
+from graphprop._stencil import numba_available
 
 from .color import LAB_SCALE, rgb_to_lab
 
@@ -78,9 +81,24 @@ def patch_propagation(
     _check_solver_settings(alpha, tol, max_iter)
 
     graph = patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
-    z = gp.label_propagation(graph.to(dtype=torch.float64), scores.to(graph.edge_weight.device, torch.float64),
-                             alpha=alpha, tol=tol, max_iter=max_iter, solver="cg")
+    z = gp.label_propagation(_normalized(graph), scores.to(graph.edge_weight.device, torch.float64),
+                             alpha=alpha, tol=tol, max_iter=max_iter, solver="cg", normalize=False)
     return z.to(device=scores.device, dtype=scores.dtype)
+
+
+def _normalized(graph: gp.Graph) -> gp.Graph:
+    """``W_hat = D^-1/2 W D^-1/2`` of ``graph`` without its self-loops, in float64: what
+    ``label_propagation(graph.to(dtype=torch.float64))`` normalises to (§6). On the CPU one
+    compiled pass over the edges, which :func:`patch_graph` gives sorted by (source, target)."""
+    if graph.device.type != "cpu" or not numba_available():
+        return cast(gp.Graph, gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64))))
+    from graphprop._knn_kernels import normalized_without_self_loops
+
+    n = graph.num_nodes
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(graph.edge_index[0], minlength=n), 0, out=crow[1:])
+    edges, val = normalized_without_self_loops(crow.numpy(), graph.edge_index[1].numpy(), graph.edge_weight.numpy())
+    return gp.Graph(torch.from_numpy(edges), torch.from_numpy(val), n)
 
 
 def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float = 3.0, sigma: float = 0.01,
@@ -88,17 +106,19 @@ def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float
     """The LPOSS patch graph ``W + W^T`` (not normalised), float32 weights as published.
 
     ``features`` (N, D) L2-normalised, ``centers`` (N, 2) in pixels; kNN by inner product with
-    ``min(k, N)`` neighbours (self included), weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``.
+    ``min(k, N)`` neighbours (self included), weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``
+    on the directed edges, then ``W + W^T`` (:func:`graphprop.knn_graph` with ``symmetric=True``):
+    edges sorted by (source, target), self-loops kept (the solver drops them).
     """
     n = features.shape[0]
     features = features.float()
     centers = centers.to(device=features.device, dtype=torch.float32)
-    values, indices = gp.knn(features, min(k, n), metric="ip", backend=backend)
-    rows = torch.arange(n, device=features.device).repeat_interleave(indices.shape[1])
-    cols = indices.reshape(-1)
-    distance = (centers[rows] - centers[cols]).norm(dim=1)
-    weight = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * distance ** pix_dist_pow)
-    return gp.symmetrize(gp.Graph(torch.stack([rows, cols]), weight, n))
+
+    def weight(values: Tensor, edge_index: Tensor) -> Tensor:
+        distance = (centers[edge_index[0]] - centers[edge_index[1]]).norm(dim=1)
+        return values.clamp_min(0) ** gamma * torch.exp(-sigma * distance ** pix_dist_pow)
+
+    return gp.knn_graph(features, min(k, n), metric="ip", backend=backend, weight=weight, symmetric=True)
 
 
 def pixel_propagation(

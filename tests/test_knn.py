@@ -4,6 +4,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import math
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -455,3 +456,98 @@ def test_knn_graph_bad_custom_weight_rejected():
     x = torch.randn(6, 3)
     with pytest.raises(ValueError, match="weight"):
         graphprop.knn_graph(x, 2, weight=lambda values, edge_index: values[:, None])
+
+
+# ------------------------------------------------------------------ symmetric kNN graphs
+def _dense_symmetric(x: np.ndarray, k: int, metric: str, weight=None):
+    """Independent W + W^T in float64 numpy from the brute-force top-k: (weights, structure),
+    structure True where an edge exists in either direction (zero weights included)."""
+    S = brute_scores(x, x, metric)
+    n = len(x)
+    w = np.zeros((n, n))
+    mask = np.zeros((n, n), dtype=bool)
+    for i, nbrs in enumerate(_brute_topk_sets(S, k, largest=metric != "l2")):
+        w[i, nbrs] = weight(S[i, nbrs], i, nbrs) if weight else (1.0 if metric == "l2" else np.maximum(S[i, nbrs], 0))
+        mask[i, nbrs] = True
+    return w + w.T, mask | mask.T
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("metric", METRICS)
+@SETTINGS
+@given(case=random_points())
+def test_symmetric_knn_graph_matches_dense(case, metric, compiled):
+    """``symmetric=True`` is W + W^T of the brute-force kNN: every edge of either direction
+    (sorted, no duplicates), both weights added; the numba kernel and the general path."""
+    x, k = case
+    if metric == "cosine":
+        x = torch.from_numpy(_nonzero_rows(x.numpy()))
+    with mock.patch.object(knn_module, "_compiled_symmetrize", lambda w: compiled):
+        graph = graphprop.knn_graph(x, k, metric=metric, symmetric=True)
+    expected, mask = _dense_symmetric(x.numpy(), k, metric)
+    rows, cols = np.nonzero(mask)  # row-major: sorted by (source, target)
+    np.testing.assert_array_equal(graph.edge_index.numpy(), np.stack([rows, cols]))
+    np.testing.assert_allclose(graph.edge_weight.numpy(), expected[rows, cols], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_knn_graph_equals_symmetrize_exactly(dtype):
+    """The numba kernel gives bit for bit ``symmetrize(knn_graph(...))`` (the same sums
+    ``w_ij + w_ji``), explicit zero weights kept as edges, at k = N too."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(60, 5, generator=g, dtype=dtype)
+    for k in (1, 7, 60):
+        def weight(values, edge_index):  # negative similarities give explicit zeros
+            return values.clamp_min(0) ** 1.7 * torch.exp(-0.1 * (edge_index[0] - edge_index[1]).abs().to(dtype))
+
+        fast = graphprop.knn_graph(x, k, metric="ip", weight=weight, symmetric=True)
+        slow = graphprop.symmetrize(graphprop.knn_graph(x, k, metric="ip", weight=weight))
+        assert knn_module._compiled_symmetrize(fast.edge_weight)
+        assert torch.equal(fast.edge_index, slow.edge_index)
+        assert torch.equal(fast.edge_weight, slow.edge_weight)
+        assert fast.edge_weight.dtype == dtype
+        if k > 7:
+            assert bool((fast.edge_weight == 0).any())  # zeros stayed edges
+
+
+def test_symmetric_knn_graph_custom_weight_sees_each_directed_edge_once():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    seen = {}
+
+    def weight(values, edge_index):
+        seen["edge_index"] = edge_index
+        return torch.exp(values) * (1 + edge_index[1].to(values.dtype))
+
+    graph = graphprop.knn_graph(x, 6, metric="l2", weight=weight, symmetric=True)
+    assert seen["edge_index"].shape == (2, 30 * 6)
+    expected, mask = _dense_symmetric(x.numpy(), 6, "l2", weight=lambda s, i, nbrs: np.exp(s) * (1 + nbrs))
+    np.testing.assert_allclose(graph.to_dense().numpy(), expected, rtol=1e-12)
+    assert graph.num_edges == mask.sum()
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_unordered_search_finds_the_same_neighbours(ties):
+    """knn_graph(symmetric=True) skips the sort of each row: the same neighbours and values
+    as knn, each row as a set (with exact ties too: small integer points)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(-2, 3, (200, 3), generator=g).float() if ties else torch.randn(200, 16, generator=g)
+    v, i = graphprop.knn(x, 30, metric="ip")
+    vu, iu = knn_module._search(x, 30, None, "ip", "torch", ordered=False)
+    order = iu.argsort(dim=1)
+    ref = i.argsort(dim=1)
+    assert torch.equal(iu.gather(1, order), i.gather(1, ref))
+    assert torch.equal(vu.gather(1, order), v.gather(1, ref))
+
+
+def test_numpy_blas_product_equals_torch():
+    """The CPU inner products go through numpy's BLAS (faster on AMD CPUs): equal to torch's
+    to float rounding, and torch's own product is kept where a gradient is needed."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 64, generator=g)
+    q = torch.randn(40, 64, generator=g)
+    assert knn_module._use_numpy_blas(x, q)
+    torch.testing.assert_close(knn_module._numpy_product(q, x), knn_module._torch_product(q, x), rtol=1e-5, atol=1e-5)
+    assert not knn_module._use_numpy_blas(x.requires_grad_(), q)
+    values, _ = graphprop.knn(x, 5, queries=q, metric="ip")
+    assert values.requires_grad

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import graphprop as gp
 from conftest import SMALL_CONFIG_KWARGS
 from segmentation import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
 from segmentation.color import LAB_SCALE, rgb_to_lab
-from segmentation.lposs import merge_windows, patch_propagation, pixel_propagation
+from segmentation.lposs import merge_windows, patch_graph, patch_propagation, pixel_propagation
 from segmentation.preprocess import load_image, resize_image, window_boxes, working_size
 
 pytestmark = pytest.mark.usefixtures("quiet_random_init")
@@ -54,6 +55,93 @@ def test_patch_propagation_equals_published_construction():
     expected = scipy_cg_per_column(matrix + matrix.T, scores.double().numpy())
     assert z.dtype == torch.float32 and z.shape == (n, 4)
     np.testing.assert_allclose(z.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+PATCH_SETTINGS = [  # (k, gamma, sigma, pix_dist_pow): the published ones, then each changed
+    (25, 3.0, 0.01, 1.0), (60, 3.0, 0.01, 1.0), (25, 1.5, 0.01, 1.0), (25, 3.0, 0.03, 1.0), (25, 3.0, 0.01, 1.4),
+]
+
+
+def _patch_inputs(n=300, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    return features, torch.rand(n, 4, generator=g), torch.rand(n, 2, generator=g) * 200
+
+
+def _dense_patch_graph(features, centers, k, gamma, sigma, pix_dist_pow):
+    """Independent W + W^T (float64 numpy, dense) and where its edges are."""
+    f = features.double().numpy()
+    sims = f @ f.T
+    n = len(f)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    rows = np.repeat(np.arange(n), k)
+    cols = top.reshape(-1)
+    dist = np.linalg.norm(centers.double().numpy()[rows] - centers.double().numpy()[cols], axis=1)
+    w = np.zeros((n, n))
+    w[rows, cols] = np.maximum(sims[rows, cols], 0) ** gamma * np.exp(-sigma * dist**pix_dist_pow)
+    mask = np.zeros((n, n), dtype=bool)
+    mask[rows, cols] = True
+    return w + w.T, mask | mask.T
+
+
+@pytest.mark.parametrize("k, gamma, sigma, pix_dist_pow", PATCH_SETTINGS)
+def test_patch_graph_matches_dense_and_the_previous_construction(k, gamma, sigma, pix_dist_pow):
+    """patch_graph: the edges of W + W^T of the top-k (sorted, self-loops included) with
+    max(s,0)^gamma exp(-sigma d^p) summed from both sides, against float64 numpy; and bit for
+    bit the previous construction (knn, the directed edge list, symmetrize)."""
+    features, _, centers = _patch_inputs()
+    graph = patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
+    expected, mask = _dense_patch_graph(features, centers, k, gamma, sigma, pix_dist_pow)
+    rows, cols = np.nonzero(mask)
+    np.testing.assert_array_equal(graph.edge_index.numpy(), np.stack([rows, cols]))
+    assert graph.edge_weight.dtype == torch.float32
+    np.testing.assert_allclose(graph.edge_weight.numpy(), expected[rows, cols], rtol=2e-6, atol=1e-7)
+
+    values, indices = gp.knn(features, k, metric="ip")
+    r = torch.arange(len(features)).repeat_interleave(k)
+    c = indices.reshape(-1)
+    w = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * (centers[r] - centers[c]).norm(dim=1) ** pix_dist_pow)
+    previous = gp.symmetrize(gp.Graph(torch.stack([r, c]), w, len(features)))
+    assert torch.equal(graph.edge_index, previous.edge_index)
+    # same formula on the same numbers; torch's vectorised and scalar pow/exp can differ in the last
+    # bit, and exp(-sigma d^p) multiplies that by sigma d^p (up to ~20 here)
+    torch.testing.assert_close(graph.edge_weight, previous.edge_weight, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("k, gamma, sigma, pix_dist_pow", PATCH_SETTINGS)
+def test_patch_propagation_settings_match_scipy(k, gamma, sigma, pix_dist_pow):
+    """Every setting is used: the result matches scipy on the dense graph built with the
+    settings given, and differs from the published settings' result where one was changed."""
+    features, scores, centers = _patch_inputs(seed=1)
+    z = patch_propagation(features, scores, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
+    expected = scipy_cg_per_column(_dense_patch_graph(features, centers, k, gamma, sigma, pix_dist_pow)[0],
+                                   scores.double().numpy())
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(z.numpy(), expected, rtol=0, atol=1e-5 * scale)
+    if (k, gamma, sigma, pix_dist_pow) != PATCH_SETTINGS[0]:
+        published = scipy_cg_per_column(_dense_patch_graph(features, centers, *PATCH_SETTINGS[0])[0],
+                                        scores.double().numpy())
+        assert np.abs(published - expected).max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+def test_patch_solver_graph_is_the_normalisation_of_label_propagation(isolated):
+    """The float64 W_hat patch_propagation hands to the solver (compiled on the CPU) equals
+    graphprop's sym_normalize(remove_self_loops(.)) of the float64 graph, a zero degree
+    (a node whose only edge is its self-loop) counting as 1."""
+    from segmentation.lposs import _normalized
+
+    features, _, centers = _patch_inputs(n=120)
+    graph = patch_graph(features, centers, k=9, gamma=2.0)
+    if isolated:  # node 0 keeps only its self-loop
+        row, col = graph.edge_index
+        keep = ((row != 0) & (col != 0)) | ((row == 0) & (col == 0))
+        graph = gp.Graph(graph.edge_index[:, keep], graph.edge_weight[keep], graph.num_nodes)
+    fast = _normalized(graph)
+    reference = gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64)))
+    assert torch.equal(fast.edge_index, reference.edge_index)
+    assert fast.edge_weight.dtype == torch.float64
+    torch.testing.assert_close(fast.edge_weight, reference.edge_weight, rtol=1e-15, atol=0)
 
 
 def test_patch_propagation_caps_k_and_validates():
