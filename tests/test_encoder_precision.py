@@ -84,8 +84,11 @@ def test_fp32_clip_is_bitwise_the_plain_module_chain(tiny_clip_configs):
 
     enc = clip(tiny_clip_configs)
     visual = enc.model.visual
-    assert visual.transformer.batch_first and tuple(visual.grid_size) == (14, 14)
-    x = pad_and_normalize(images(batch=2, height=224, width=224), enc.patch_size, enc.mean, enc.std, torch.float32)
+    grid = tuple(visual.grid_size)  # the model's own grid: the positional embedding is used as it is
+    size = (grid[0] * enc.patch_size, grid[1] * enc.patch_size)
+    assert visual.transformer.batch_first
+    x = pad_and_normalize(images(batch=2, height=size[0], width=size[1]), enc.patch_size, enc.mean, enc.std,
+                          torch.float32)
     with torch.inference_mode():
         t = visual.conv1(x)
         b, width = t.shape[:2]
@@ -97,8 +100,8 @@ def test_fp32_clip_is_bitwise_the_plain_module_chain(tiny_clip_configs):
         v = F.linear(last.ln_1(t), last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])
         z = t + last.attn.out_proj(v)
         z = z + last.mlp(last.ln_2(z))
-        plain = F.normalize(visual.ln_post(z[:, 1:]) @ visual.proj, dim=-1).reshape(b, 14, 14, -1)
-    assert torch.equal(enc.dense_features(images(batch=2, height=224, width=224)), plain)
+        plain = F.normalize(visual.ln_post(z[:, 1:]) @ visual.proj, dim=-1).reshape(b, *grid, -1)
+    assert torch.equal(enc.dense_features(images(batch=2, height=size[0], width=size[1])), plain)
 
 
 def test_fp32_dino_sees_only_float32():
