@@ -6,7 +6,8 @@ depend on the weights' values). Baseline: ``workloads.published_lposs_plus`` (wh
 with hooks, numpy top-k + scipy patch graph, index-list pixel graph, one float64 scipy CG per
 column) and, for a never-seen class list, the text at open_clip's full 77-token context.
 
-- ``test_lposs_plus_text_known``: text already encoded, as in an evaluation;
+- ``test_lposs_plus_text_known``: text already encoded, as in an evaluation; ``ours-bf16``: both
+  networks (and the text tower) in bf16, the same weights rounded, labels checked against ours in fp32;
 - ``test_lposs_plus_never_seen``: text included, nothing cached;
 - ``test_lposs_plus_peak_memory``: peak resident memory in a fresh process.
 """
@@ -34,6 +35,18 @@ def model():
     torch.manual_seed(0)
     vlm = OpenCLIPEncoder("ViT-B-16", pretrained=None, device="cpu", text_cache=False, progress=False)
     return LPOSS(vlm, TimmViTEncoder("vit_base_patch16_224.dino", pretrained=None, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def model_bf16(model):
+    """The same model with both networks in bf16 (the fp32 weights rounded)."""
+    vlm = OpenCLIPEncoder("ViT-B-16", pretrained=None, device="cpu", text_cache=False, progress=False,
+                          precision="bf16")
+    vlm.model.load_state_dict(model.vlm.model.state_dict())
+    vm = TimmViTEncoder("vit_base_patch16_224.dino", pretrained=None, device="cpu", precision="bf16")
+    vm.model.load_state_dict(model.vm.model.state_dict())
+    vlm.encode_text(list(VOC_CLASSES))  # text known, as for fp32
+    return LPOSS(vlm, vm, model.config)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +80,14 @@ def _published(model, image, text, stages):
 def _record(benchmark, impl, scores, stages):
     benchmark.extra_info.update({f"seconds_{k}": round(v, 3) for k, v in stages.items()})
     RESULTS[impl] = scores
-    if len(RESULTS) == 2:  # the same result: float rounding (the pixel stage solves in float32 here)
+    if impl == "ours-bf16":  # bf16 networks: nearly the same labels as fp32
+        exact = RESULTS["ours"]
+        agree = (scores.argmax(0) == exact.argmax(0)).double().mean().item()
+        benchmark.extra_info["label_agreement_with_fp32"] = agree
+        benchmark.extra_info["max_abs_score_difference_to_fp32"] = (scores - exact).abs().max().item()
+        print(f"\nbf16 vs fp32: labels agree on {agree:.4%} of pixels")
+        assert agree >= 0.99
+    elif {"ours", "published"} <= RESULTS.keys():  # the same result: float rounding (float32 pixel stage)
         ours, published = RESULTS["ours"], RESULTS["published"]
         rel = ((ours - published).abs().max() / published.abs().max()).item()
         agree = (ours.argmax(0) == published.argmax(0)).double().mean().item()
@@ -77,13 +97,16 @@ def _record(benchmark, impl, scores, stages):
         assert rel < 1e-4
 
 
-@pytest.mark.parametrize("impl", ["published", "ours"])
-def test_lposs_plus_text_known(benchmark, model, image, text, impl):
+@pytest.mark.parametrize("impl", ["published", "ours", "ours-bf16"])
+def test_lposs_plus_text_known(benchmark, model, image, text, impl, request):
     stages: dict[str, float] = {}
     if impl == "published":
         scores = benchmark.pedantic(_published, args=(model, image, text, stages), rounds=1, iterations=1)
     else:
-        scores = benchmark.pedantic(_ours, args=(model, image, stages), rounds=2, iterations=1, warmup_rounds=1)
+        if impl == "ours-bf16" and "ours" not in RESULTS:
+            RESULTS["ours"] = _ours(model, image, {})  # the fp32 labels to compare with (run alone: -k bf16)
+        chosen = request.getfixturevalue("model_bf16") if impl == "ours-bf16" else model
+        scores = benchmark.pedantic(_ours, args=(chosen, image, stages), rounds=2, iterations=1, warmup_rounds=1)
     assert scores.shape == (21, 448, 597)
     _record(benchmark, impl, scores, stages)
 

@@ -14,9 +14,13 @@ embeddings with a disk cache) and :class:`TimmViTEncoder` (q/k/v of the last blo
 DINOv2, ...). :func:`create` builds them from specs such as
 ``"open_clip:ViT-B-16@laion2b_s34b_b88k"`` or ``"timm:vit_base_patch16_224.dino"``;
 :func:`register` adds more.
+
+Both run in ``precision="fp32"`` (exact, the default), ``"bf16"`` (CPU and CUDA) or ``"fp16"``
+(CUDA); features and text embeddings come back as float32 whatever the precision.
 """
 
 from ._openclip import OpenCLIPEncoder
+from ._precision import PRECISIONS, check_precision
 from ._protocols import TextEmbeddings, VisionEncoder, VisionLanguageEncoder
 from ._registry import create, parse_spec, register, registered
 from ._text import split_class_names
@@ -28,12 +32,14 @@ register("timm", TimmViTEncoder)
 
 __all__ = [
     "OpenCLIPEncoder",
+    "PRECISIONS",
     "RandomInitWarning",
     "TextEmbeddings",
     "TimmViTEncoder",
     "VisionEncoder",
     "VisionLanguageEncoder",
     "WeightsUnavailableError",
+    "check_precision",
     "create",
     "parse_spec",
     "register",

@@ -89,13 +89,6 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def resolve_dtype(half: bool, device: torch.device) -> torch.dtype:
-    """float16 when ``half`` (CUDA only), else float32."""
-    if half and device.type != "cuda":
-        raise ValueError(f"half=True needs a CUDA device (got device={str(device)!r}); CPU runs in float32")
-    return torch.float16 if half else torch.float32
-
-
 def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{name} must be a positive integer, got {batch_size!r}")

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._images import check_batch_size, chunks, dense_in_chunks, resolve_device, resolve_dtype
+from ._images import check_batch_size, chunks, dense_in_chunks, resolve_device
+from ._precision import resolve_precision
 from ._protocols import TextEmbeddings
 from ._text import (
     Template,
@@ -54,8 +55,14 @@ class OpenCLIPEncoder:
         Images per forward pass in :meth:`dense_features`.
     text_batch_size : int
         Prompts per forward pass of the text tower.
+    precision : {"fp32", "bf16", "fp16"}
+        What the image and text towers run in, weights and activations alike: ``"fp32"`` (the
+        default, exact with the published method), ``"bf16"`` (CPU and CUDA; the whole model is
+        cast, the MaskCLIP value path included; warns on hardware without bfloat16 units) or
+        ``"fp16"`` (CUDA only). Features and text embeddings come back as float32 either way;
+        the text cache keeps each precision apart.
     half : bool
-        Run the networks in float16 (CUDA only). Outputs are float32 either way.
+        Deprecated alias of ``precision="fp16"``.
     text_cache : bool or path
         Remember text embeddings on disk: ``True`` under ``$LPOSS_CACHE_DIR`` (default
         ``~/.cache/lposs``)``/text-embeddings``, a path for another folder, ``False`` for memory only.
@@ -84,6 +91,7 @@ class OpenCLIPEncoder:
         templates: Iterable[Template] | None = None,
         batch_size: int = 16,
         text_batch_size: int = 256,
+        precision: str = "fp32",
         half: bool = False,
         text_cache: bool | str | os.PathLike = True,
         truncate_text: bool | None = None,
@@ -92,13 +100,13 @@ class OpenCLIPEncoder:
     ):
         self.name = model
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(half, self.device)
+        self.precision, self.dtype = resolve_precision(precision, half, self.device)
         self.templates = check_templates(templates)
         self.batch_size = check_batch_size(batch_size)
         self.text_batch_size = check_batch_size(text_batch_size, "text_batch_size")
         self.progress = progress
         self.source = weights_source(pretrained)
-        self.model = _create_open_clip(model, self.source, self.device, half, model_kwargs or {})
+        self.model = _create_open_clip(model, self.source, self.device, self.precision, model_kwargs or {})
         self.model.eval().requires_grad_(False)
 
         visual = self.model.visual
@@ -126,7 +134,7 @@ class OpenCLIPEncoder:
 
     def __repr__(self) -> str:
         return (f"OpenCLIPEncoder(model={self.name!r}, weights={self.source.describe()!r}, "
-                f"device={str(self.device)!r}, templates={len(self.templates)})")
+                f"device={str(self.device)!r}, precision={self.precision!r}, templates={len(self.templates)})")
 
     # ------------------------------------------------------------------ images
     @torch.inference_mode()
@@ -167,7 +175,7 @@ class OpenCLIPEncoder:
         x = visual.ln_post(x[:, 1:])
         if visual.proj is not None:
             x = x @ visual.proj
-        return F.normalize(x, dim=-1).reshape(batch, h, w, -1)
+        return F.normalize(x.float(), dim=-1).reshape(batch, h, w, -1)
 
     def _positional_embedding(self, h: int, w: int) -> torch.Tensor:
         """The (1 + h*w, width) positional embedding for an h x w patch grid.
@@ -286,7 +294,14 @@ def _cache_dir(text_cache: bool | str | os.PathLike) -> Path | None:
     return Path(text_cache).expanduser()
 
 
-def _create_open_clip(model: str, source: WeightsSource, device: torch.device, half: bool, kwargs: dict):
+def _create_open_clip(model: str, source: WeightsSource, device: torch.device, precision: str, kwargs: dict):
+    """The open_clip model in ``precision``: fp16 as open_clip casts it (layer norms kept in float32),
+    bf16 cast whole (every weight, so every activation is bfloat16)."""
+    created = _create_open_clip_fp(model, source, device, "fp16" if precision == "fp16" else "fp32", kwargs)
+    return created.to(torch.bfloat16) if precision == "bf16" else created
+
+
+def _create_open_clip_fp(model: str, source: WeightsSource, device: torch.device, precision: str, kwargs: dict):
     import open_clip
 
     if model not in open_clip.list_models():
@@ -294,7 +309,6 @@ def _create_open_clip(model: str, source: WeightsSource, device: torch.device, h
             f"unknown open_clip model {model!r}; open_clip.list_models() lists the names "
             f"(ViTs such as 'ViT-B-16', 'ViT-L-14', 'ViT-H-14')"
         )
-    precision = "fp16" if half else "fp32"
     if source.kind == "random":
         warn_random("open_clip", model)
         return open_clip.create_model(model, pretrained=None, device=device, precision=precision,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
+from ._precision import check_precision
 from ._protocols import VisionEncoder
 
 Factory = Callable[..., Any]
@@ -66,7 +67,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     return prefix, model, weights if at else None
 
 
-def create(spec: str | Any, **kwargs: Any) -> Any:
+def create(spec: str | Any, *, precision: str | None = None, **kwargs: Any) -> Any:
     """Build an encoder from a spec string.
 
     Parameters
@@ -77,15 +78,27 @@ def create(spec: str | Any, **kwargs: Any) -> Any:
         ``"timm:vit_base_patch16_224.dino"`` (timm model with its tag; ``@/path/file.pth`` for a
         local checkpoint), or a prefix added with :func:`register`. An object that already
         implements :class:`VisionEncoder` is returned as it is.
+    precision : {"fp32", "bf16", "fp16"}, optional
+        What the network runs in (the built-in encoders' ``precision``). Passed on only when
+        given, so encoders without the option keep working; for an encoder object, it must
+        match the object's own ``precision`` (fp32 when it has none).
     **kwargs
         Passed to the encoder's constructor (``device=...``, ``pretrained=None`` for random
         weights, which overrides the spec's ``@`` part, ...).
     """
+    if precision is not None:
+        check_precision(precision)
     if not isinstance(spec, str) and isinstance(spec, VisionEncoder):
+        own = getattr(spec, "precision", "fp32")
+        if precision is not None and precision != own:
+            raise ValueError(f"precision={precision!r} was asked for, but the encoder given runs in {own!r}; "
+                             "build it with that precision instead")
         return spec
     prefix, model, weights = parse_spec(spec)
     if prefix not in _FACTORIES:
         raise ValueError(f"unknown encoder {prefix!r} in spec {spec!r}; registered encoders: {registered()}")
     if weights is not None:
         kwargs.setdefault("pretrained", weights)
+    if precision is not None:
+        kwargs["precision"] = precision
     return _FACTORIES[prefix](model, **kwargs)

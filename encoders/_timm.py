@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._images import check_batch_size, dense_in_chunks, resolve_device, resolve_dtype
+from ._images import check_batch_size, dense_in_chunks, resolve_device
+from ._precision import resolve_precision
 from ._weights import WeightsSource, check_file, unavailable, warn_random, weights_source
 
 __all__ = ["TimmViTEncoder"]
@@ -44,8 +45,12 @@ class TimmViTEncoder:
         Default: CUDA when available, else CPU.
     batch_size : int
         Images per forward pass.
+    precision : {"fp32", "bf16", "fp16"}
+        What the network runs in, weights and activations alike: ``"fp32"`` (the default, exact),
+        ``"bf16"`` (CPU and CUDA; warns on hardware without bfloat16 units) or ``"fp16"`` (CUDA
+        only). Features come back as float32 either way.
     half : bool
-        Run in float16 (CUDA only); outputs are float32.
+        Deprecated alias of ``precision="fp16"``.
     model_kwargs : dict, optional
         Extra arguments for ``timm.create_model`` (e.g. ``{"depth": 2}`` for a small variant).
 
@@ -64,6 +69,7 @@ class TimmViTEncoder:
         feature: str = "v",
         device: torch.device | str | None = None,
         batch_size: int = 16,
+        precision: str = "fp32",
         half: bool = False,
         model_kwargs: dict | None = None,
     ):
@@ -72,7 +78,7 @@ class TimmViTEncoder:
         self.name = model
         self.feature = feature
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(half, self.device)
+        self.precision, self.dtype = resolve_precision(precision, half, self.device)
         self.batch_size = check_batch_size(batch_size)
         self.source = weights_source(pretrained)
         self.model = _create_timm(model, self.source, model_kwargs or {})
@@ -88,7 +94,7 @@ class TimmViTEncoder:
 
     def __repr__(self) -> str:
         return (f"TimmViTEncoder(model={self.name!r}, weights={self.source.describe()!r}, "
-                f"feature={self.feature!r}, device={str(self.device)!r})")
+                f"feature={self.feature!r}, device={str(self.device)!r}, precision={self.precision!r})")
 
     @torch.inference_mode()
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,7 +126,7 @@ class TimmViTEncoder:
             # norm1 and qkv act on each token alone, so the prefix tokens can be left out here.
             weight, bias = _qkv_slice(last.attn, "qkv".index(self.feature))
             tokens = F.linear(last.norm1(tokens), weight, bias)
-        return F.normalize(tokens, dim=-1).reshape(batch, h, w, -1)
+        return F.normalize(tokens.float(), dim=-1).reshape(batch, h, w, -1)
 
     def _block_output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """The spatial tokens (prefix tokens dropped) after block ``index``: (B, h*w, width)."""

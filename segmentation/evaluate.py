@@ -220,7 +220,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         try:
             model = build_segmenter(args.method, args.vlm, args.vm, device=dist.device, random_init=args.random_init,
-                                    resize=args.resize, prog=PROG)
+                                    resize=args.resize, precision=args.precision, prog=PROG)
         except (encoders.WeightsUnavailableError, ValueError, TypeError) as error:
             _error(str(error))
             return 2
@@ -228,6 +228,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         fingerprint = hashlib.sha256(json.dumps({
             "dataset": dataset.info.name, "root": str(dataset.root.resolve()), "classes": classes, "count": count,
             "method": args.method, "vlm": args.vlm, "vm": args.vm, "random_init": args.random_init,
+            "precision": args.precision,
             "config": model.config.as_dict(), "boundary": args.measure_boundary, "world": dist.world,
         }, sort_keys=True).encode()).hexdigest()
         state_path = output.with_name(output.name + ".partial") / f"rank{dist.rank}-of-{dist.world}.pt"
@@ -359,6 +360,7 @@ def _report(args, dataset, classes, count, model, metrics, gathered, world) -> d
         "peak_memory_mb": {key: max(g["peak"].get(key, 0.0) for g in gathered) for key in gathered[0]["peak"]},
         "world_size": world,
         "device": str(getattr(model.vlm, "device", "cpu")),
+        "precision": getattr(model.vlm, "precision", "fp32"),
         "versions": _versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })

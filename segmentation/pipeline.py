@@ -217,6 +217,19 @@ class _Segmenter:
         raise NotImplementedError  # pragma: no cover - abstract
 
 
+def encoder_options(*, device=None, random_init: bool = False, precision: str = "fp32") -> dict:
+    """The keyword arguments of :func:`encoders.create` for both networks. ``precision`` is passed on
+    only when it is not fp32 (every encoder's default), so encoders without the option keep working;
+    it is checked here, before anything is built."""
+    kwargs: dict = {"device": device}
+    if random_init:
+        kwargs["pretrained"] = None
+    where = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if encoders.check_precision(precision, where) != "fp32":
+        kwargs["precision"] = precision
+    return kwargs
+
+
 def _no_stage(name: str) -> None:
     pass
 
@@ -281,12 +294,14 @@ class LPOSS(_Segmenter):
 
     @classmethod
     def from_pretrained(cls, vlm: str = PUBLISHED_VLM, vm: str = PUBLISHED_VM, config: LPOSSConfig | None = None,
-                        *, device=None, random_init: bool = False) -> "LPOSS":
+                        *, device=None, random_init: bool = False, precision: str = "fp32") -> "LPOSS":
         """The published encoders (open_clip ViT-B-16 laion2b_s34b_b88k + DINO ViT-B/16), or others
-        by spec; ``random_init=True`` builds them with random weights (tests, timing)."""
-        kwargs: dict = {"device": device}
-        if random_init:
-            kwargs["pretrained"] = None
+        by spec; ``random_init=True`` builds them with random weights (tests, timing).
+
+        ``precision`` ("fp32", "bf16" or "fp16") is what both networks run in (see
+        :class:`encoders.OpenCLIPEncoder`); propagation stays in float32 / float64 whatever it is.
+        """
+        kwargs = encoder_options(device=device, random_init=random_init, precision=precision)
         return cls(encoders.create(vlm, **kwargs), encoders.create(vm, **kwargs), config, device=device)
 
     def _propagation_stages(self) -> tuple[str, ...]:

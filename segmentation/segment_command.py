@@ -61,7 +61,7 @@ def run_segment(args: argparse.Namespace) -> int:
         classes = _class_list(args)
         images = [Path(p) for p in args.images] or [EXAMPLE_IMAGE]
         model = build_segmenter(args.method, args.vlm, args.vm, device=args.device, random_init=args.random_init,
-                                resize=args.resize, prog="lposs segment")
+                                resize=args.resize, precision=args.precision, prog="lposs segment")
     except encoders.WeightsUnavailableError as error:
         _error(str(error))
         return 2

@@ -430,28 +430,36 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not ava
 
 
 @cuda
-@pytest.mark.parametrize("half", [False, True])
-def test_cuda_features_match_cpu(half, tiny_clip_configs):
-    torch.manual_seed(0)
-    cpu = OpenCLIPEncoder("ViT-B-16", pretrained=None, device="cpu")
-    gpu = OpenCLIPEncoder("ViT-B-16", pretrained=None, device="cuda", half=half)
-    gpu.model.load_state_dict(cpu.model.state_dict())
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "half"])
+def test_cuda_features_match_cpu(precision, tiny_clip_configs):
+    """Every precision on CUDA against float32 on CPU, the same weights; ``"half"`` is the
+    deprecated ``half=True``, which must give fp16 exactly."""
+    option = {"half": True} if precision == "half" else {"precision": precision}
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.manual_seed(0)
+        cpu = OpenCLIPEncoder("ViT-B-16", pretrained=None, device="cpu")
+        gpu = OpenCLIPEncoder("ViT-B-16", pretrained=None, device="cuda", **option)
+        torch.manual_seed(1)
+        dino_cpu = TimmViTEncoder(pretrained=None, device="cpu")
+        dino_gpu = TimmViTEncoder(pretrained=None, device="cuda", **option)
+    assert gpu.precision == dino_gpu.precision == ("fp16" if precision == "half" else precision)
+    gpu.model.load_state_dict(cpu.model.state_dict())  # cast to each parameter's own dtype
+    dino_gpu.model.load_state_dict(dino_cpu.model.state_dict())
     images = torch.rand(2, 3, 224, 160)
-    tol = 2e-2 if half else 1e-4
-    torch.testing.assert_close(gpu.dense_features(images.cuda()).cpu(), cpu.dense_features(images), atol=tol, rtol=0)
+    features = gpu.dense_features(images.cuda())
+    assert features.dtype == torch.float32 and features.is_cuda
+    torch.testing.assert_close(features.cpu(), cpu.dense_features(images), atol=tol, rtol=0)
     names = ["car", "sky;cloud"]
     torch.testing.assert_close(gpu.encode_text(names).embeddings.cpu(), cpu.encode_text(names).embeddings,
                                atol=tol, rtol=0)
-    torch.manual_seed(1)
-    dino_cpu = TimmViTEncoder(pretrained=None, device="cpu")
-    dino_gpu = TimmViTEncoder(pretrained=None, device="cuda", half=half)
-    dino_gpu.model.load_state_dict(dino_cpu.model.state_dict())
     torch.testing.assert_close(dino_gpu.dense_features(images.cuda()).cpu(), dino_cpu.dense_features(images),
                                atol=tol, rtol=0)
 
 
 def test_half_needs_cuda():
-    with pytest.raises(ValueError, match="half=True needs a CUDA device"):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="precision='fp16' needs a CUDA device"):
         TimmViTEncoder(pretrained=None, device="cpu", half=True, **SMALL_DINO)
 
 

@@ -46,9 +46,9 @@ def test_public_names_are_locked():
         assert getattr(graphprop, name).__doc__, f"{name} has no docstring"
     assert sorted(encoders.__all__) == sorted(
         [
-            "OpenCLIPEncoder", "RandomInitWarning", "TextEmbeddings", "TimmViTEncoder", "VisionEncoder",
-            "VisionLanguageEncoder", "WeightsUnavailableError", "create", "parse_spec", "register",
-            "registered", "split_class_names",
+            "OpenCLIPEncoder", "PRECISIONS", "RandomInitWarning", "TextEmbeddings", "TimmViTEncoder",
+            "VisionEncoder", "VisionLanguageEncoder", "WeightsUnavailableError", "check_precision", "create",
+            "parse_spec", "register", "registered", "split_class_names",
         ]
     )
     for name in encoders.__all__:

@@ -134,7 +134,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     try:
         model = build_segmenter("lposs+", args.vlm, args.vm, device=args.device, random_init=args.random_init,
-                                resize=args.resize, prog="lposs demo")
+                                resize=args.resize, precision=args.precision, prog="lposs demo")
     except (encoders.WeightsUnavailableError, ValueError, TypeError) as error:
         _error(str(error))
         return 2
