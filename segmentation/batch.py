@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -172,7 +173,7 @@ def check_output_folder(out: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- outputs
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write(temporary path)``, then rename onto ``path``: ``path`` is complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -206,7 +207,7 @@ def _write_outputs(paths: dict[str, Path], image: torch.Tensor, labels: torch.Te
         "overlay": overlay_image(rgb.permute(1, 2, 0).cpu().numpy(), labels, names),
     }
     for kind, picture in pictures.items():
-        _atomic_write(paths[kind], lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+        _atomic_write(paths[kind], partial(picture.save, format="PNG"))
     if "scores" in paths:
         _atomic_write(paths["scores"], _save_array(scores.float().cpu().numpy()))
 
@@ -286,7 +287,7 @@ def _settings(model, model_classes: list[str], names: list[str]) -> dict:
             "config": model.config.as_dict(), "classes": model_classes, "names": names}
 
 
-def segment_paths(model, paths: Sequence[str | os.PathLike], classes: Sequence[str] | str, *,
+def segment_paths(model, paths: Sequence[str | os.PathLike | ImageJob], classes: Sequence[str] | str, *,
                   out: str | os.PathLike, background: bool = False, skip_done: bool = True,
                   glob: str | None = None, save_scores: bool = False, batch_size: int = 1,
                   rank: int = 0, world_size: int = 1, progress: bool = False) -> Iterator[ImageResult]:
@@ -321,7 +322,7 @@ def segment_paths(model, paths: Sequence[str | os.PathLike], classes: Sequence[s
     if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, ImageJob) for p in paths):
         jobs = list(paths)  # already found (find_images)
     else:
-        jobs = find_images(paths, glob=glob, out=out)
+        jobs = find_images(paths, glob=glob, out=out)  # type: ignore[arg-type]
     out = check_output_folder(out)
     _check_settings(out, _settings(model, model_classes, names), overwrite=not skip_done, write=rank == 0)
     batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]

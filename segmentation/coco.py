@@ -63,7 +63,7 @@ def label_annotations(labels, class_names: Sequence[str], *, image_id: int, firs
     if array.size and (array.min() < 0 or array.max() >= len(class_names)):
         raise ValueError(f"labels must be class indices in [0, {len(class_names)}), "
                          f"got values from {array.min()} to {array.max()}")
-    annotations = []
+    annotations: list[dict] = []
     for cls in np.unique(array).tolist():
         rle = mask_api.encode(np.asfortranarray((array == cls).astype(np.uint8)))
         annotations.append({
