@@ -1,7 +1,9 @@
 """The ``lposs`` command line.
 
-- ``lposs segment [IMAGE ...] --classes "road,car,sky;cloud"``: segment images (with no IMAGE, the
-  shipped example); writes label and overlay PNGs and prints the classes found.
+- ``lposs segment [IMAGE|DIR ...] --classes "road,car,sky;cloud"``: segment images and folders
+  (with no IMAGE, the shipped example); writes label and overlay PNGs, a summary JSON and
+  optionally a COCO file, and prints the classes found (``python -m segmentation.segment`` under
+  ``torchrun`` for many processes).
 - ``lposs graph-example``: label propagation on a small built-in graph problem
   (the graphprop library's example; ``python -m graphprop`` runs the same).
 - ``lposs evaluate --dataset voc --data-root DIR``: mIoU on one of the paper's benchmarks
@@ -41,26 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_segment_parser(commands) -> None:
-    from ._command_common import add_model_arguments
-    from .segment_command import DEFAULT_CLASSES
+    from .segment_command import add_segment_arguments
 
     segment = commands.add_parser(
         "segment",
-        help="segment images with any list of class names (LPOSS+ by default)",
+        help="segment images and folders with any list of class names (LPOSS+ by default)",
         description=(
-            "Label every pixel of each IMAGE with one of the given classes. Writes <name>_labels.png "
-            "(palette PNG, pixel value = class index) and <name>_overlay.png (image, class colours, legend) "
-            "into --out. With no IMAGE, runs on the example image shipped with the project."
+            "Label every pixel of each IMAGE (files, or folders searched recursively) with one of the given "
+            "classes. Writes <name>_labels.png (palette PNG, pixel value = class index) and <name>_overlay.png "
+            "(image, class colours, legend) into --out, mirroring each folder's tree, and a summary JSON. A rerun "
+            "skips the images already done. torchrun --nproc-per-node N -m segmentation.segment takes the same "
+            "flags to use N processes. With no IMAGE, runs on the example image shipped with the project."
         ),
     )
-    segment.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the shipped example)")
-    segment.add_argument("--classes", help=f"class names, ',' between classes, ';' between synonyms "
-                                           f"(default for the example: {DEFAULT_CLASSES!r})")
-    segment.add_argument("--classes-file", help="a file with one class per line (';' between synonyms)")
-    add_model_arguments(segment)
-    segment.add_argument("--out", default="lposs-output", help="output folder (default: ./lposs-output)")
-    segment.add_argument("--save-scores", action="store_true",
-                         help="also write <name>_scores.npy, the (classes, H, W) float32 scores")
+    add_segment_arguments(segment)
 
 
 def _add_evaluate_parser(commands) -> None:

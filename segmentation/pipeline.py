@@ -138,32 +138,67 @@ class _Segmenter:
         ``on_stage(name)`` is called as each stage starts ("preprocess", "vlm", "vm"), e.g. to drive
         a progress bar.
         """
+        return self.encode_batch([image], on_stage=on_stage)[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, images: Sequence[ImageInput], *,
+                     on_stage: Callable[[str], None] | None = None) -> list[ImageFeatures]:
+        """:meth:`encode` of several images, the windows of all of them in one batch per network.
+
+        Parameters
+        ----------
+        images : sequence of images (any :data:`ImageInput`), of any sizes
+        on_stage : as for :meth:`encode`, called once per stage for the whole batch
+
+        Returns
+        -------
+        list of :class:`ImageFeatures`, one per image, in order; each one's ``timings`` are the
+        batch's seconds divided evenly over its images.
+        """
         stage = on_stage or _no_stage
         stage("preprocess")
         start = time.perf_counter()
-        loaded = load_image(image)
-        original = (int(loaded.shape[1]), int(loaded.shape[2]))
         cfg = self.config
-        size = working_size(*original, cfg.short_side, cfg.long_side_cap)
-        resized = resize_image(loaded, size, cfg.resize).to(self.device)
-        if cfg.sliding:
-            boxes = window_boxes(size[0], size[1], cfg.window, cfg.stride)
-        else:
-            boxes = [(0, size[0], 0, size[1])]
-        windows = torch.stack([resized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+        prepared = []  # (resized (3, h, w), original (H, W), boxes)
+        for image in images:
+            loaded = load_image(image)
+            original = (int(loaded.shape[1]), int(loaded.shape[2]))
+            size = working_size(*original, cfg.short_side, cfg.long_side_cap)
+            resized = resize_image(loaded, size, cfg.resize).to(self.device)
+            boxes = window_boxes(size[0], size[1], cfg.window, cfg.stride) if cfg.sliding else [(0, size[0], 0, size[1])]
+            prepared.append((resized, original, boxes))
+        if not prepared:
+            return []
         timings = {"preprocess": time.perf_counter() - start}
+        sizes = {(y2 - y1, x2 - x1) for _, _, boxes in prepared for y1, y2, x1, x2 in boxes}
+        groups = [prepared] if len(sizes) == 1 else [[item] for item in prepared]  # one batch needs one size
         stage("vlm")
         start = time.perf_counter()
-        vlm_features = self.vlm.dense_features(windows)
+        vlm_features = [self.vlm.dense_features(self._windows(group)) for group in groups]
         timings["vlm"] = time.perf_counter() - start
         vm_features = None
         if self.vm is not None:
             stage("vm")
             start = time.perf_counter()
-            vm_features = self.vm.dense_features(windows)
+            vm_features = [self.vm.dense_features(self._windows(group)) for group in groups]
             timings["vm"] = time.perf_counter() - start
-        return ImageFeatures(resized, original, boxes, vlm_features, vm_features,
-                             int(getattr(self.vm, "patch_size", self.vlm.patch_size)), timings)
+        patch = int(getattr(self.vm, "patch_size", self.vlm.patch_size))
+        share = {key: value / len(prepared) for key, value in timings.items()}
+        features = []
+        for g, group in enumerate(groups):
+            first = 0
+            for resized, original, boxes in group:
+                last = first + len(boxes)
+                vm = None if vm_features is None else vm_features[g][first:last]
+                features.append(ImageFeatures(resized, original, boxes, vlm_features[g][first:last], vm, patch,
+                                              dict(share)))
+                first = last
+        return features
+
+    @staticmethod
+    def _windows(prepared) -> Tensor:
+        """(n, 3, window, window): the windows of the prepared images, in order."""
+        return torch.stack([resized[:, y1:y2, x1:x2] for resized, _, boxes in prepared for y1, y2, x1, x2 in boxes])
 
     # ------------------------------------------------------------------ predict
     def predict(self, image: ImageInput | ImageFeatures | list, class_names: Sequence[str] | str, *,
@@ -174,7 +209,8 @@ class _Segmenter:
         ----------
         image : path, PIL image, (H, W, 3) uint8 array, (3, H, W) float tensor in [0, 1], an
             :class:`ImageFeatures` from :meth:`encode`, or a list of these (gives a list).
-        class_names : sequence of str (``;`` separates synonyms) or one comma-separated str
+        class_names : sequence of str (``;`` separates synonyms), one comma-separated str, or the
+            :class:`encoders.TextEmbeddings` of ``self.vlm.encode_text`` (text encoded once for many images)
         on_stage : optional callable, called with each stage's name as it starts (the names of
             :attr:`stages`; the networks' stages are skipped for an :class:`ImageFeatures`)
 
@@ -186,7 +222,8 @@ class _Segmenter:
             return [self.predict(item, class_names, on_stage=on_stage) for item in image]
         stage = on_stage or _no_stage
         stage("text")
-        text = self.vlm.encode_text(class_names)  # first: a bad class list fails before the networks run
+        # first: a bad class list fails before the networks run
+        text = class_names if isinstance(class_names, encoders.TextEmbeddings) else self.vlm.encode_text(class_names)
         features = image if isinstance(image, ImageFeatures) else self.encode(image, on_stage=stage)
         with torch.inference_mode():
             scores = self._propagate(features, text, stage)  # (E, h, w)

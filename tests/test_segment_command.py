@@ -1,16 +1,38 @@
-"""``lposs segment``: a real run in a subprocess (random weights) and every bad input."""
+"""``lposs segment``: a real run in a subprocess (random weights), folders and reruns, two
+processes under torchrun against one, and every bad input."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from segmentation import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+VM = "timm:vit_small_patch16_224.dino"
+
+
+def _tiny(tiny_clip_configs) -> list[str]:
+    """The small test encoders (random weights) and MaskCLIP-free LPOSS: seconds per image."""
+    return ["--vlm", f"open_clip:{tiny_clip_configs[0]}", "--vm", VM, "--random-init", "--device", "cpu",
+            "--method", "lposs"]
+
+
+def _photos(root: Path) -> Path:
+    """root/{x.png, a/y.jpg, a/b/z.png}: tiny random images."""
+    rng = np.random.default_rng(0)
+    for name, shape in (("x.png", (30, 40)), ("a/y.jpg", (36, 30)), ("a/b/z.png", (33, 33))):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(root / name)
+    return root
 
 
 def test_segment_writes_pictures_and_skips_unreadable_images(tmp_path):
@@ -69,3 +91,102 @@ def test_opencv_resize_without_opencv_is_one_line(capsys, tmp_path, monkeypatch)
     assert cli.main(["segment", "--classes", "a", "--resize", "opencv", "--random-init"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install opencv-python-headless" in err[0], err
+
+
+def test_a_folder_run_a_rerun_and_overwrite(tmp_path, tiny_clip_configs, quiet_random_init, capsys):
+    """A tree with a broken image: the others are written mirrored, one error line, exit 1, a summary;
+    the rerun skips the done images without rewriting them; --overwrite redoes them."""
+    photos = _photos(tmp_path / "photos")
+    (photos / "a" / "broken.png").write_text("not a png")
+    out = tmp_path / "out"
+    argv = ["segment", str(photos), "--classes", "cat,sky;cloud", "--out", str(out), *_tiny(tiny_clip_configs)]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "broken.png" in errors[0] and "Traceback" not in captured.err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["a/b/z_labels.png", "a/b/z_overlay.png", "a/y_labels.png", "a/y_overlay.png",
+                       "x_labels.png", "x_overlay.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (3, 0, 1)
+    entries = {e["image"]: e for e in summary["images"]}
+    assert entries["a/broken.png"]["status"] == "failed" and "broken.png" in entries["a/broken.png"]["reason"]
+    for name in ("x.png", "a/y.jpg", "a/b/z.png"):
+        labels = np.asarray(Image.open(out / name.replace(Path(name).suffix, "_labels.png")))
+        counts = np.bincount(labels.reshape(-1), minlength=2)
+        assert entries[name]["classes"] == {n: round(100 * c / labels.size, 4)
+                                            for n, c in zip(["cat", "sky"], counts) if c}
+        assert entries[name]["seconds"] > 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    (photos / "a" / "broken.png").unlink()
+    assert cli.main(argv) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+    assert json.loads((out / "summary.json").read_text())["skipped"] == 3
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert all(p.stat().st_mtime_ns != stamp for p, stamp in stamps.items())
+
+
+LAUNCHER = """
+import sys
+import open_clip
+open_clip.add_model_config(sys.argv.pop(1))  # the tiny test configuration, in every process
+from segmentation.segment_command import main
+sys.exit(main())
+"""
+
+
+def test_two_processes_under_torchrun_equal_one(tmp_path):
+    """gloo on CPU: each image done by one rank; the files are byte for byte one process's."""
+    from conftest import TINY_CLIP, TINY_CLIP_CONFIG
+
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    photos = _photos(tmp_path / "photos")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    outputs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"out{procs}"
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+             "127.0.0.1", "--master-port", str(29700 + os.getpid() % 1000 + procs), str(tmp_path / "launch.py"),
+             str(configs), str(photos), "--classes", "cat,sky;cloud", "--out", str(out), "--coco-json",
+             str(out / "coco.json"), "--vlm", f"open_clip:{TINY_CLIP}", "--vm", VM, "--random-init",
+             "--device", "cpu", "--method", "lposs"],
+            capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[procs] = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.png")}
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["world_size"] == procs and summary["done"] == 3
+        outputs[procs]["coco"] = (out / "coco.json").read_bytes()
+        if procs == 2:  # each image once: one line per image over both ranks
+            assert sum(line.startswith(str(photos)) for line in done.stdout.splitlines()) == 3
+    assert len(outputs[1]) == 7 and outputs[1] == outputs[2]
+
+
+def test_folder_bad_input_is_one_line_and_exit_2(tmp_path, tiny_clip_configs, capsys, quiet_random_init):
+    photos = _photos(tmp_path / "photos")
+    (tmp_path / "empty").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(photos / "x.jpg")  # beside x.png
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        ([str(tmp_path / "empty")], "no images in folder"),
+        ([str(photos / "a"), "--glob", "*.gif"], "no images matching --glob '*.gif'"),
+        ([str(photos / "a"), "--out", str(photos / "a" / "seg")], "is inside the input folder"),
+        ([str(photos)], "would both write x_labels.png"),
+        ([str(photos / "x.png"), "--batch-size", "0"], "--batch-size must be a positive integer"),
+        ([str(photos / "x.png"), "--out", str(tmp_path / "a-file" / "out")], "cannot write to --out"),
+    ]
+    for extra, message in cases:
+        argv = ["segment", *extra, "--classes", "cat,dog", *_tiny(tiny_clip_configs)]
+        if "--out" not in extra:
+            argv += ["--out", str(tmp_path / "out")]
+        assert cli.main(argv) == 2, extra
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "--random-init" not in line]
+        assert len(err) == 1 and message in err[0], (extra, err)
+    assert not (tmp_path / "out").exists() and not (photos / "a" / "seg").exists()
