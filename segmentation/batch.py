@@ -281,7 +281,9 @@ def _read_labels(path: Path) -> torch.Tensor:
 
 def _settings(model, model_classes: list[str], names: list[str]) -> dict:
     def encoder(net):
-        return None if net is None else f"{type(net).__name__}:{getattr(net, 'name', '')}"
+        if net is None:
+            return None
+        return f"{type(net).__name__}:{getattr(net, 'name', '')}:{getattr(net, 'precision', 'fp32')}"
 
     return {"method": type(model).__name__, "vlm": encoder(model.vlm), "vm": encoder(model.vm),
             "config": model.config.as_dict(), "classes": model_classes, "names": names}
