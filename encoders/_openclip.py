@@ -32,7 +32,7 @@ __all__ = ["OpenCLIPEncoder"]
 class OpenCLIPEncoder:
     """A CLIP vision transformer from open_clip, as LPOSS's vision-language model.
 
-    Dense features follow MaskCLIP (``../shared/LPOSS.md`` §2): the last residual block keeps only
+    Dense features follow MaskCLIP (``docs/method.md`` §2): the last residual block keeps only
     its attention's value path, ``z = x + out_proj(W_v ln_1(x) + b_v)``, then the block's MLP,
     ``ln_post`` and the visual projection; the CLS token is dropped. Text embeddings follow §3: every
     synonym is embedded with each prompt template, each prompt embedding is L2-normalised, averaged

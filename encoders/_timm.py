@@ -22,7 +22,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class TimmViTEncoder:
     """A timm vision transformer as LPOSS's vision model (DINO ViT-B/16 in the paper).
 
-    Features (``../shared/LPOSS.md`` §4): the ``q``, ``k`` or ``v`` third of the last block's
+    Features (``docs/method.md`` §4): the ``q``, ``k`` or ``v`` third of the last block's
     fused ``qkv`` projection, all heads concatenated, or ``"x"``, the last block's output tokens;
     prefix tokens (CLS, registers) dropped; L2-normalised. The network runs only as far as needed:
     for ``q``/``k``/``v`` it stops after the last block's normalisation and computes just that

@@ -7,7 +7,7 @@ suffixes, label conventions) ship as ``segmentation/data/datasets.json``:
 >>> sorted(DATASETS)                                       # doctest: +NORMALIZE_WHITESPACE
 ['ade20k', 'cityscapes', 'coco_object', 'coco_stuff', 'context59', 'context60', 'voc', 'voc20']
 >>> data = load_dataset("voc", "/data")                    # doctest: +SKIP
->>> image, label = data.load(0)                            # (3, H, W) uint8, (H, W) int64
+>>> image, label = data.load(0)  # (3, H, W) uint8, (H, W) int64  # doctest: +SKIP
 
 Files are found as mmsegmentation 0.27's ``CustomDataset`` finds them: the names listed in the
 split file when there is one, otherwise every file under ``img_dir`` (recursively) ending with

@@ -1,6 +1,6 @@
 """The two propagation stages of LPOSS / LPOSS+, as plain tensor functions on ``graphprop``.
 
-- :func:`patch_propagation` (``../shared/LPOSS.md`` §6): a kNN graph over the patches of all
+- :func:`patch_propagation` (``docs/method.md`` §6): a kNN graph over the patches of all
   windows, weights from VM feature similarity and patch distance, label propagation of the VLM
   scores.
 - :func:`pixel_propagation` (§7): a 13 x 13-window graph over the pixels with Lab colour weights,

@@ -1,4 +1,4 @@
-"""Streaming segmentation metrics: mIoU from one confusion matrix, and boundary IoU (``../shared/LPOSS.md`` §9).
+"""Streaming segmentation metrics: mIoU from one confusion matrix, and boundary IoU (``docs/method.md`` §9).
 
 - :func:`confusion_matrix`: (C, C) pixel counts of one or many label maps, rows ground truth, columns prediction.
 - :func:`boundary_mask`: the pixels of a binary mask within ``d`` steps of its outside (the image border counts

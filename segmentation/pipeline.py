@@ -23,7 +23,7 @@ PUBLISHED_VM = "timm:vit_base_patch16_224.dino"
 
 @dataclass(frozen=True)
 class LPOSSConfig:
-    """Every setting of LPOSS / LPOSS+, with the published defaults (``../shared/LPOSS.md``).
+    """Every setting of LPOSS / LPOSS+, with the published defaults (``docs/method.md``).
 
     short_side, long_side_cap : the image is resized so its short side is ``short_side`` unless
         the long side would exceed ``long_side_cap`` (448, 2048).

@@ -1,4 +1,4 @@
-"""Images in, working-size tensors and sliding windows out (``../shared/LPOSS.md`` §1)."""
+"""Images in, working-size tensors and sliding windows out (``docs/method.md`` §1)."""
 
 from __future__ import annotations
 

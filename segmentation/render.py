@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import math
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ def overlay_image(image: np.ndarray, labels: torch.Tensor, class_names: list[str
 
     ``image``: (H, W, 3) uint8; ``labels``: (H, W) class indices.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     labels_np = labels.cpu().numpy()
     colours = class_colours(len(class_names))
@@ -44,19 +45,34 @@ def overlay_image(image: np.ndarray, labels: torch.Tensor, class_names: list[str
     picture = Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
     counts = np.bincount(labels_np.reshape(-1), minlength=len(class_names))
     present = [i for i in np.argsort(-counts) if counts[i] > 0]
-    font = ImageFont.load_default()
-    line = 16
-    legend_width = 12 + max(len(_legend_text(class_names[i], counts[i], labels_np.size)) for i in present) * 7
-    height = max(picture.height, 8 + line * len(present))
+    texts = [_legend_text(class_names[i], counts[i], labels_np.size) for i in present]
+    size = max(10, round(picture.width / 60))  # the page shows the overlay ~600 px wide: text stays readable
+    font = _legend_font(size)
+    line, swatch, gap = round(1.6 * size), size, round(0.6 * size)
+    # the rows start below the top-right corner, where the page puts its fullscreen button over the picture
+    top = 3 * size
+    legend_width = gap + swatch + gap + max(math.ceil(font.getlength(t)) for t in texts) + gap
+    height = max(picture.height, top + line * len(present) + gap)
     canvas = Image.new("RGB", (picture.width + legend_width, height), (255, 255, 255))
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for row, i in enumerate(present):
-        y = 4 + row * line
-        x = picture.width + 6
-        draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(int(c) for c in colours[i]), outline=(0, 0, 0))
-        draw.text((x + 16, y), _legend_text(class_names[i], counts[i], labels_np.size), fill=(0, 0, 0), font=font)
+    x = picture.width + gap
+    for row, (i, text) in enumerate(zip(present, texts)):
+        y = top + row * line
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(int(c) for c in colours[i]), outline=(0, 0, 0))
+        left, upper, _, lower = font.getbbox(text)
+        draw.text((x + swatch + gap - left, y + (swatch - upper - lower) / 2), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def _legend_font(size: int):
+    """Pillow's built-in font at ``size`` px (its fixed 11 px bitmap font where FreeType is missing)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):  # pragma: no cover - Pillow without FreeType, or before 10.1
+        return ImageFont.load_default()
 
 
 def _legend_text(name: str, count: int, total: int) -> str:

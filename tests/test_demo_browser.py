@@ -81,6 +81,22 @@ def _segment(page, classes: str | None = None) -> None:
         arg=int(before.group(1)) if before else 0)
 
 
+def _open_settings(page) -> None:
+    """Open the Settings accordion and wait until Gradio has finished showing its sliders.
+
+    A closed accordion's children are rendered only when it first opens, and Gradio then sets each
+    new child's stored props (its value too) once more, one animation frame after they have all
+    mounted (``render_previously_invisible_children`` in Gradio's frontend core). A value typed in
+    between is overwritten by the default; that was the flaky ``k = 77``. So: wait until all four
+    sliders and the reset button are in the page, then let two animation frames pass (Gradio's
+    frame callback, registered before this one, runs first).
+    """
+    page.get_by_text("Settings (published defaults)").click()
+    page.wait_for_function("() => document.querySelectorAll('input[aria-label^=\"number input for\"]').length === 4"
+                           " && document.querySelector('#lposs-reset') !== null")
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done())))")
+
+
 def _expect_message(page, text: str) -> None:
     page.get_by_text(text, exact=False).first.wait_for(state="visible")
 
@@ -216,7 +232,7 @@ def test_bad_input_shows_a_message_and_the_server_keeps_serving(browser, served,
 def test_reset_restores_the_published_defaults(browser, served):
     url, app = served
     page = _open_page(browser, url, [])
-    page.get_by_text("Settings (published defaults)").click()
+    _open_settings(page)
     k = page.get_by_label("number input for k: neighbours per patch")
     k.fill("77")
     k.press("Enter")
@@ -247,11 +263,12 @@ def take_screenshot(out: Path) -> None:  # pragma: no cover - run by hand
         with sync_playwright() as playwright:
             browser = _launch_chromium(playwright)
             page = _open_page(browser, url, [])
+            page.set_default_timeout(600_000)  # the published architectures on a CPU: minutes for the first run
             page.set_viewport_size({"width": 1280, "height": 1000})
             page.locator("#lposs-image").scroll_into_view_if_needed()
             page.locator("table tbody tr").filter(has_text="building;temple").first.click()  # the example row
             page.wait_for_selector("#lposs-image img")
-            page.get_by_text("Settings (published defaults)").click()
+            _open_settings(page)
             _segment(page)
             page.locator("#lposs-overlay img").wait_for(state="visible")
             time.sleep(1)

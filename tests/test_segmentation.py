@@ -341,12 +341,20 @@ def test_synonyms_reduce_by_max(small_encoders):
 
 
 def test_lposs_without_pixel_stage_and_whole_image(small_encoders):
+    """pixel_refine=False stops after the patch stage; sliding=False makes the whole image one window
+    (here 96 x 134, padded to a 6 x 9 patch grid): scores against the step-by-step reference."""
+    from dataclasses import replace
+
+    from test_settings import BASE, assert_matches, picture, reference_lposs
+
     vlm, vm = small_encoders
-    image = torch.rand(3, 50, 70)
-    plain = LPOSS(vlm, vm, LPOSSConfig(**{**SMALL.as_dict(), "pixel_refine": False})).predict(image, "a,b")
-    whole = LPOSS(vlm, vm, LPOSSConfig(**{**SMALL.as_dict(), "sliding": False})).predict(image, "a,b")
-    assert plain.shape == whole.shape == (2, 50, 70)
-    assert torch.isfinite(plain).all() and torch.isfinite(whole).all()
+    image = torch.from_numpy(picture(height=50, width=70))
+    plain, whole = replace(BASE, pixel_refine=False), replace(BASE, sliding=False)
+    assert LPOSS(vlm, vm, whole).encode(image).boxes == [(0, 96, 0, 134)]
+    for config in (plain, whole, replace(whole, pixel_refine=False)):
+        scores = LPOSS(vlm, vm, config).predict(image, "a,b")
+        assert scores.shape == (2, 50, 70)
+        assert_matches(scores.numpy(), reference_lposs(image.numpy(), "a,b", vlm, vm, config))
 
 
 def test_stages_are_reported_and_each_network_runs_once(small_encoders, monkeypatch):
