@@ -7,8 +7,18 @@ import torch
 
 import graphprop as gp
 from benchmarks.workloads import (
-    ALPHA, COLUMNS, HEIGHT, MAX_ITER, RADIUS, TAU, TOL, WIDTH, baseline_pixel_build,
-    baseline_solve, peak_memory_mb, pixel_workload,
+    ALPHA,
+    COLUMNS,
+    HEIGHT,
+    MAX_ITER,
+    RADIUS,
+    TAU,
+    TOL,
+    WIDTH,
+    baseline_pixel_build,
+    baseline_solve,
+    peak_memory_mb,
+    pixel_workload,
 )
 
 RESULTS: dict[str, np.ndarray] = {}

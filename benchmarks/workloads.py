@@ -117,9 +117,6 @@ def baseline_solve(w_hat, scores: np.ndarray, alpha: float = ALPHA, tol: float =
     return out
 
 
-from segmentation.lposs import patch_graph  # noqa: E402  (the graph the pipeline builds)
-
-
 def baseline_patch_graph(features: torch.Tensor, centres: torch.Tensor, k: int = 400, gamma: float = 3.0,
                          sigma: float = 0.01, pix_dist_pow: float = 1.0):
     """The same graph the published way (numpy top-k in place of faiss, scipy sparse),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -386,7 +386,7 @@ class _TextTower:
         self.eos_id = eos_id
 
     @classmethod
-    def of(cls, model: nn.Module) -> "_TextTower | None":
+    def of(cls, model: nn.Module) -> _TextTower | None:
         import open_clip
         from open_clip.transformer import TextTransformer
 

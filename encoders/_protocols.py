@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -34,7 +35,7 @@ class TextEmbeddings:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to(self, device: torch.device | str) -> "TextEmbeddings":
+    def to(self, device: torch.device | str) -> TextEmbeddings:
         """The same embeddings on another device."""
         return TextEmbeddings(
             self.embeddings.to(device), self.class_index.to(device), self.class_names, self.synonyms

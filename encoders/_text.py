@@ -7,8 +7,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch

@@ -90,7 +90,7 @@ class Graph:
     def dtype(self) -> torch.dtype:
         return self.edge_weight.dtype
 
-    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "Graph":
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Graph:
         """A copy on ``device`` with weights of ``dtype`` (either may be None)."""
         return Graph(
             self.edge_index.to(device=device),
@@ -98,13 +98,13 @@ class Graph:
             self.num_nodes,
         )
 
-    def coalesce(self) -> "Graph":
+    def coalesce(self) -> Graph:
         """Duplicate edges summed, edges sorted by (source, target)."""
         return Graph.from_sparse(self.to_sparse_coo())
 
     # ------------------------------------------------------------ conversions
     @classmethod
-    def from_sparse(cls, matrix: Tensor) -> "Graph":
+    def from_sparse(cls, matrix: Tensor) -> Graph:
         """From a torch sparse (N, N) matrix (COO, CSR or CSC); the stored entries become
         edges (explicit zeros are kept, duplicate COO entries summed)."""
         check_tensor("matrix", matrix, ndim=2)
@@ -116,7 +116,7 @@ class Graph:
         return cls(coo.indices().to(torch.long), coo.values(), int(matrix.size(0)))
 
     @classmethod
-    def from_dense(cls, matrix: Tensor) -> "Graph":
+    def from_dense(cls, matrix: Tensor) -> Graph:
         """From a dense (N, N) weight matrix: every non-zero entry becomes an edge."""
         check_tensor("matrix", matrix, ndim=2, floating=True)
         if matrix.size(0) != matrix.size(1):
@@ -125,14 +125,14 @@ class Graph:
         return cls(index, matrix[index[0], index[1]], int(matrix.size(0)))
 
     @classmethod
-    def from_pyg(cls, data: "Data", weight_attr: str = "edge_weight") -> "Graph":
+    def from_pyg(cls, data: Data, weight_attr: str = "edge_weight") -> Graph:
         """From a ``torch_geometric.data.Data``; edges without weights get weight 1."""
         weight = getattr(data, weight_attr, None)
         if weight is None:
             weight = torch.ones(data.edge_index.size(1), device=data.edge_index.device)
         return cls(data.edge_index, weight.reshape(-1), int(data.num_nodes))
 
-    def to_pyg(self) -> "Data":
+    def to_pyg(self) -> Data:
         """As a ``torch_geometric.data.Data`` with ``edge_index``, ``edge_weight``, ``num_nodes``."""
         from torch_geometric.data import Data
 
@@ -221,7 +221,7 @@ class Graph:
         cache[name] = (key, value)
         return value
 
-    def _transposed(self) -> "Graph":
+    def _transposed(self) -> Graph:
         """``W^T``: every edge reversed."""
         return Graph(self.edge_index.flip(0), self.edge_weight, self.num_nodes)
 
@@ -232,7 +232,7 @@ class Graph:
         )
 
 
-def degree(graph: "Graph | GridGraph") -> Tensor:
+def degree(graph: Graph | GridGraph) -> Tensor:
     """Row sums of W: (N,) ``d[i] = sum_j W[i, j]``, in the weights' dtype."""
     if _is_grid(graph):
         return graph.degree()
@@ -240,7 +240,7 @@ def degree(graph: "Graph | GridGraph") -> Tensor:
     return d.index_add_(0, graph.edge_index[0], graph.edge_weight)
 
 
-def symmetrize(graph: "Graph | GridGraph") -> "Graph | GridGraph":
+def symmetrize(graph: Graph | GridGraph) -> Graph | GridGraph:
     """``W + W^T``: every edge is added in both directions and duplicates summed, so an
     edge found from both sides gets both weights. A :class:`Graph` result is
     coalesced; a :class:`GridGraph` stays a grid graph."""
@@ -252,7 +252,7 @@ def symmetrize(graph: "Graph | GridGraph") -> "Graph | GridGraph":
     return Graph(both, weights, graph.num_nodes).coalesce()
 
 
-def remove_self_loops(graph: "Graph | GridGraph") -> "Graph | GridGraph":
+def remove_self_loops(graph: Graph | GridGraph) -> Graph | GridGraph:
     """Drop every edge ``(i, i)`` (a :class:`GridGraph` has none: returned as is)."""
     if _is_grid(graph):
         return graph
@@ -260,7 +260,7 @@ def remove_self_loops(graph: "Graph | GridGraph") -> "Graph | GridGraph":
     return Graph(graph.edge_index[:, keep], graph.edge_weight[keep], graph.num_nodes)
 
 
-def sym_normalize(graph: "Graph | GridGraph") -> "Graph | GridGraph":
+def sym_normalize(graph: Graph | GridGraph) -> Graph | GridGraph:
     """``D^-1/2 W D^-1/2`` with ``D`` the row sums of W; a zero degree counts as 1.
 
     A :class:`Graph` is normalised in float64 whatever its dtype, after scaling the
@@ -352,7 +352,7 @@ def _is_grid(graph: object) -> bool:
     return False
 
 
-def _symmetrize_grid(graph: "GridGraph") -> "GridGraph":
+def _symmetrize_grid(graph: GridGraph) -> GridGraph:
     """``W + W^T`` of a grid graph: ``W^T[p, p + o] = W[p + o, p]``, the opposite
     offset's weight read at the neighbour."""
     from ._grid import GridGraph, offset_blocks

@@ -8,16 +8,16 @@ run as a stencil over those maps: no index list is ever built.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from . import _stencil
 from ._graph import Graph
-from ._validation import finite_nonnegative, check_positive_int, check_range, check_tensor
+from ._validation import check_positive_int, check_range, check_tensor, finite_nonnegative
 
 __all__ = ["GridGraph", "grid_graph", "exp_distance_weight", "grid_offsets"]
 
@@ -101,13 +101,13 @@ class GridGraph:
         of them). The scale, when set, keeps W symmetric."""
         return _stencil.is_mirrored(self)
 
-    def to(self, device: object = None, dtype: torch.dtype | None = None) -> "GridGraph":
+    def to(self, device: object = None, dtype: torch.dtype | None = None) -> GridGraph:
         """The graph on ``device`` / in ``dtype`` (weights and scale; tensors already
         there are shared, not copied)."""
         scale = None if self.scale is None else self.scale.to(device=device, dtype=dtype)
         return GridGraph(self.weights.to(device=device, dtype=dtype), self.radius, scale)
 
-    def materialize(self) -> "GridGraph":
+    def materialize(self) -> GridGraph:
         """The same graph with the scale folded into the weights (``scale=None``)."""
         if self.scale is None:
             return self

@@ -28,8 +28,9 @@ settings onto these is in ``docs/graphprop.md``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Union, overload
+from typing import Literal, Union, overload
 
 import torch
 from torch import Tensor
@@ -37,7 +38,14 @@ from torch import Tensor
 from ._graph import Graph, _csr_kernels_usable, in_degree_normalize, sym_normalize
 from ._grid import GridGraph
 from ._stencil import flush_denormals, numba_available
-from ._validation import finite_nonnegative, check_choice, check_positive_int, check_range, check_same_device, check_tensor
+from ._validation import (
+    check_choice,
+    check_positive_int,
+    check_range,
+    check_same_device,
+    check_tensor,
+    finite_nonnegative,
+)
 
 __all__ = ["label_propagation", "PropagationResult", "ConvergenceWarning", "GraphLike"]
 

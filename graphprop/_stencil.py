@@ -73,7 +73,7 @@ def flush_denormals(t: Tensor, *, nonnegative: bool = False) -> Tensor:
 
 # weight tensors known to be mirrored (built so), with the version they had then: the
 # graphs sym_normalize / to / materialize derive from one share its answer for free
-_MIRRORED: dict[int, tuple["weakref.ref[Tensor]", int]] = {}
+_MIRRORED: dict[int, tuple[weakref.ref[Tensor], int]] = {}
 
 
 def mark_mirrored(weights: Tensor) -> None:
@@ -90,7 +90,7 @@ def _known_mirrored(weights: Tensor) -> bool:
     return ref is not None and ref() is weights and not weights.is_inference() and weights._version == version
 
 
-def is_mirrored(grid: "GridGraph") -> bool:
+def is_mirrored(grid: GridGraph) -> bool:
     """Whether ``weights[o, p] == weights[opposite(o), p + o]`` exactly for every in-grid
     pair (W symmetric, the form :func:`~graphprop.grid_graph` builds): the symmetric
     kernels read the forward half only. Checked (one compiled pass on CPU) unless the
@@ -131,7 +131,7 @@ class StencilOperator:
             (numba) or (K, H, W) (torch); the scale folded in.
     """
 
-    def __init__(self, grid: "GridGraph", dtype: torch.dtype, kernel: str = "auto") -> None:
+    def __init__(self, grid: GridGraph, dtype: torch.dtype, kernel: str = "auto") -> None:
         self.kernel = resolve_kernel(kernel, grid.device)
         # columns the numba loops vectorise without a scalar tail; the solvers pad to it
         self.column_multiple = _COLUMN_MULTIPLE if self.kernel == "numba" else 1
@@ -199,7 +199,7 @@ class StencilOperator:
             _numba_kernels.stencil(self.weights.numpy(), z.numpy(), out.numpy(), self.radius)
 
 
-def _matmul_torch(grid: "GridGraph", weights: Tensor, symmetric: bool, z: Tensor) -> Tensor:
+def _matmul_torch(grid: GridGraph, weights: Tensor, symmetric: bool, z: Tensor) -> Tensor:
     """W @ z from prepared weights: (K/2, H, W) forward half (``symmetric``: each offset
     applied both ways) or (K, H, W)."""
     from ._grid import offset_blocks
@@ -219,7 +219,7 @@ def _matmul_torch(grid: "GridGraph", weights: Tensor, symmetric: bool, z: Tensor
     return out.reshape(z.shape)
 
 
-def scaled_weights(grid: "GridGraph") -> Tensor:
+def scaled_weights(grid: GridGraph) -> Tensor:
     """(K, H, W) weights with the graph's scale folded in: ``(w[o, p] * s[p]) * s[q]``
     (0 where q is outside the grid)."""
     from ._grid import offset_blocks
@@ -232,7 +232,7 @@ def scaled_weights(grid: "GridGraph") -> Tensor:
     return out
 
 
-def _scaled_pixel_major(grid: "GridGraph", dtype: torch.dtype) -> Tensor:
+def _scaled_pixel_major(grid: GridGraph, dtype: torch.dtype) -> Tensor:
     """(H, W, K) contiguous CPU weights in ``dtype`` with the scale folded in."""
     weights = grid.weights.to(dtype).contiguous()
     scale = _scale(grid, dtype)
@@ -243,13 +243,13 @@ def _scaled_pixel_major(grid: "GridGraph", dtype: torch.dtype) -> Tensor:
     return out
 
 
-def _scale(grid: "GridGraph", dtype: torch.dtype) -> Tensor:
+def _scale(grid: GridGraph, dtype: torch.dtype) -> Tensor:
     if grid.scale is None:
         return torch.ones(grid.num_nodes, dtype=dtype, device=grid.device)
     return grid.scale.to(dtype).contiguous()
 
 
-def _forward_half(grid: "GridGraph", dtype: torch.dtype, *, numba: bool) -> Tensor:
+def _forward_half(grid: GridGraph, dtype: torch.dtype, *, numba: bool) -> Tensor:
     """(K/2, H, W) contiguous: the weights of the offsets after the centre in ``dtype``,
     ``(w[o, p] * s[p]) * s[q]``, 0 outside the grid, denormals flushed to 0."""
     k = len(grid.offsets)

@@ -7,7 +7,7 @@ errors name the argument and what was expected. Internal code trusts its inputs.
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

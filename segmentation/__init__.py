@@ -4,6 +4,6 @@
 :mod:`segmentation.lposs` holds the two propagation stages as plain tensor functions.
 """
 
-from .pipeline import ImageFeatures, LPOSS, LPOSSConfig, MaskCLIP
+from .pipeline import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
 
 __all__ = ["ImageFeatures", "LPOSS", "LPOSSConfig", "MaskCLIP"]

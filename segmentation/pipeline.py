@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -331,7 +331,7 @@ class LPOSS(_Segmenter):
 
     @classmethod
     def from_pretrained(cls, vlm: str = PUBLISHED_VLM, vm: str = PUBLISHED_VM, config: LPOSSConfig | None = None,
-                        *, device=None, random_init: bool = False, precision: str = "fp32") -> "LPOSS":
+                        *, device=None, random_init: bool = False, precision: str = "fp32") -> LPOSS:
         """The published encoders (open_clip ViT-B-16 laion2b_s34b_b88k + DINO ViT-B/16), or others
         by spec; ``random_init=True`` builds them with random weights (tests, timing).
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_CONFIG_KWARGS
 from PIL import Image
 
+from conftest import SMALL_CONFIG_KWARGS
 from segmentation import LPOSS, LPOSSConfig
 from segmentation.batch import BatchInputError, class_lists, find_images, segment_paths
 

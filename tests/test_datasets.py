@@ -11,7 +11,12 @@ import torch
 from PIL import Image
 
 from segmentation.datasets import (
-    DATASETS, DatasetLayoutError, custom_dataset, load_dataset, read_label, write_synthetic_dataset,
+    DATASETS,
+    DatasetLayoutError,
+    custom_dataset,
+    load_dataset,
+    read_label,
+    write_synthetic_dataset,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "datasets.json"

@@ -16,15 +16,15 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .._command_common import read_class_list
-from ..pipeline import ImageFeatures, LPOSS, LPOSSConfig, MaskCLIP
+from ..pipeline import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
 
 __all__ = ["DemoApp", "DemoInputError", "DemoResult", "EncodedImage", "legend_html", "parse_classes"]
 
