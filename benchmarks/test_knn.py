@@ -29,5 +29,6 @@ def test_knn_backend(benchmark, size, backend):
     n, d, k = size
     x = torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(0)), dim=1)
     gp.knn(x[:64], min(k, 64), metric="ip", backend=backend)  # compile (KeOps) outside the timing
-    benchmark.pedantic(gp.knn, args=(x, k), kwargs=dict(metric="ip", backend=backend), rounds=2, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(gp.knn, args=(x, k), kwargs=dict(metric="ip", backend=backend), rounds=2, iterations=1,
+                       warmup_rounds=1)
     benchmark.extra_info["auto_picks"] = gp.select_knn_backend(n, n, d, k, x.device)

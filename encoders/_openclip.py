@@ -113,7 +113,8 @@ class OpenCLIPEncoder:
         _check_maskclip_support(model, visual)
         patch = visual.patch_size
         if patch[0] != patch[1]:
-            raise ValueError(f"open_clip model {model!r} has non-square patches {patch}; only square patches are supported")
+            raise ValueError(f"open_clip model {model!r} has non-square patches {patch}; "
+                             "only square patches are supported")
         self.patch_size = int(patch[0])
         self.mean = tuple(float(v) for v in getattr(visual, "image_mean", None) or _OPENAI_MEAN)
         self.std = tuple(float(v) for v in getattr(visual, "image_std", None) or _OPENAI_STD)

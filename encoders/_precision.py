@@ -47,7 +47,8 @@ def resolve_precision(precision: str, half: bool, device: torch.device) -> tuple
     if half:
         warnings.warn("half=True is deprecated; use precision='fp16'", DeprecationWarning, stacklevel=3)
         if precision not in ("fp32", "fp16"):
-            raise ValueError(f"half=True means precision='fp16' and contradicts precision={precision!r}; pass only precision")
+            raise ValueError(f"half=True means precision='fp16' and contradicts precision={precision!r}; "
+                             "pass only precision")
         precision = "fp16"
     check_precision(precision, device)
     if precision == "bf16":

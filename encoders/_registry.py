@@ -53,7 +53,8 @@ def registered() -> list[str]:
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
     """``"prefix:model@weights"`` -> ``(prefix, model, weights or None)``."""
     if not isinstance(spec, str):
-        raise TypeError(f"an encoder spec must be a string such as 'open_clip:ViT-B-16@laion2b_s34b_b88k', got {spec!r}")
+        raise TypeError("an encoder spec must be a string such as 'open_clip:ViT-B-16@laion2b_s34b_b88k', "
+                        f"got {spec!r}")
     prefix, colon, rest = spec.strip().partition(":")
     if not colon or not prefix:
         raise ValueError(

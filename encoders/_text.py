@@ -9,14 +9,13 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-Template = Union[str, Callable[[str], str]]
+Template = str | Callable[[str], str]
 
 
 def split_class_names(class_names: Sequence[str] | str) -> tuple[tuple[str, ...], tuple[str, ...], list[int]]:
@@ -166,7 +165,8 @@ class TextEmbeddingCache:
                     raise ValueError(f"inconsistent arrays {keys.shape} and {embeddings.shape}")
                 if not np.isfinite(embeddings).all():
                     raise ValueError("non-finite values")
-                loaded = {str(k): torch.from_numpy(np.array(e, dtype=np.float32)) for k, e in zip(keys, embeddings)}
+                loaded = {str(k): torch.from_numpy(np.array(e, dtype=np.float32))
+                          for k, e in zip(keys, embeddings, strict=True)}
         except Exception as error:  # a corrupt or foreign file: ignore it, it is rewritten
             logger.warning("ignoring unreadable text-embedding cache %s (%s); it will be rewritten", self.path, error)
             return

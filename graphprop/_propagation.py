@@ -30,7 +30,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Union, overload
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -50,7 +50,7 @@ from ._validation import (
 __all__ = ["label_propagation", "PropagationResult", "ConvergenceWarning", "GraphLike"]
 
 SOLVERS = ("auto", "cg", "fixed_point", "direct")
-GraphLike = Union[Graph, GridGraph, Tensor]
+GraphLike = Graph | GridGraph | Tensor
 
 # Largest graph the dense solver accepts: an (N, N) float64 matrix of 2 GiB.
 DIRECT_MAX_NODES = 16_384

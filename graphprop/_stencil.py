@@ -67,7 +67,8 @@ def flush_denormals(t: Tensor, *, nonnegative: bool = False) -> Tensor:
     one pass instead of three."""
     tiny = torch.finfo(t.dtype).tiny
     if nonnegative:  # keeps x > largest denormal, i.e. x >= tiny
-        return torch.threshold_(t, float(torch.tensor(tiny, dtype=t.dtype).nextafter(torch.tensor(0, dtype=t.dtype))), 0)
+        largest_denormal = float(torch.tensor(tiny, dtype=t.dtype).nextafter(torch.tensor(0, dtype=t.dtype)))
+        return torch.threshold_(t, largest_denormal, 0)
     return t.masked_fill_(t.abs() < tiny, 0)
 
 

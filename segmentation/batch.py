@@ -365,13 +365,14 @@ def _run(model, batches: list[list[ImageJob]], model_classes, names, out: Path, 
                 try:
                     loaded.append((job, load_image(job.source), time.perf_counter() - start))
                 except (OSError, ValueError, TypeError) as error:
-                    message = str(error) if str(job.source) in str(error) else f"cannot read image {job.source}: {error}"
+                    message = (str(error) if str(job.source) in str(error)
+                               else f"cannot read image {job.source}: {error}")
                     bar.update()
                     yield ImageResult(job, "failed", outputs, seconds=time.perf_counter() - start, reason=message)
             if not loaded:
                 continue
             features = model.encode_batch([image for _, image, _ in loaded], on_stage=on_stage)
-            for (job, image, load_seconds), feature in zip(loaded, features):
+            for (job, image, load_seconds), feature in zip(loaded, features, strict=True):
                 start = time.perf_counter()
                 outputs = job.outputs(out, save_scores)
                 try:

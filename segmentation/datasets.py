@@ -174,7 +174,8 @@ class SegmentationDataset(Sequence[Sample]):
         for rel in relative:
             image = img_dir / f"{rel}{info.img_suffix}"
             folder = str(Path(rel).parent)
-            samples.append(Sample(image.stem, "" if folder == "." else folder, image, ann_dir / f"{rel}{info.ann_suffix}"))
+            samples.append(Sample(image.stem, "" if folder == "." else folder, image,
+                                  ann_dir / f"{rel}{info.ann_suffix}"))
         if not any(s.label.is_file() for s in samples):
             raise self._fail(f"no label files ending with {info.ann_suffix!r} in {ann_dir}")
         return samples
@@ -228,7 +229,8 @@ def custom_dataset(images: str | os.PathLike, labels: str | os.PathLike, classes
         found = {p.suffix for p in images.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES}
         if len(found) != 1:
             raise DatasetLayoutError(
-                f"image folder {images} has {'no images' if not found else 'several suffixes: ' + ', '.join(sorted(found))}; "
+                f"image folder {images} has "
+                f"{'no images' if not found else 'several suffixes: ' + ', '.join(sorted(found))}; "
                 "give the images' suffix (--img-suffix)")
         suffix = found.pop()
     info = DatasetInfo(name="custom", classes=classes, root="", img_dir=str(images.resolve()),
@@ -331,11 +333,12 @@ def prepare_coco(data_root: str | os.PathLike, *, split: str = "val2017", overwr
             "stuffthingmaps_trainval2017.zip (the README's 'Datasets' section)")
     stuff, objects = coco_lookup_tables()
     for path in tqdm(maps, desc="COCO labels", unit="map"):
-        targets = (path.with_name(f"{path.stem}_labelTrainIds.png"), path.with_name(f"{path.stem}_instanceTrainIds.png"))
+        targets = (path.with_name(f"{path.stem}_labelTrainIds.png"),
+                   path.with_name(f"{path.stem}_instanceTrainIds.png"))
         if not overwrite and all(t.is_file() for t in targets):
             continue
         raw = np.asarray(Image.open(path))
-        for table, target in zip((stuff, objects), targets):
+        for table, target in zip((stuff, objects), targets, strict=True):
             Image.fromarray(table[raw]).save(target)
     return len(maps)
 

@@ -347,13 +347,13 @@ def _report(args, dataset, classes, count, model, metrics, gathered, world) -> d
         "skipped_images": skipped,
         "miou": scores["miou"],
         "pixel_accuracy": scores["pixel_accuracy"],
-        "per_class_iou": dict(zip(names, _nan_to_none(scores["per_class_iou"]))),
-        "per_class_accuracy": dict(zip(names, _nan_to_none(scores["per_class_accuracy"]))),
+        "per_class_iou": dict(zip(names, _nan_to_none(scores["per_class_iou"]), strict=True)),
+        "per_class_accuracy": dict(zip(names, _nan_to_none(scores["per_class_accuracy"]), strict=True)),
         "confusion_matrix": metrics.confusion.cpu().tolist(),  # rows: ground truth, columns: prediction
     }
     if boundary:
         result["boundary_iou"] = scores["boundary_iou"]
-        result["per_class_boundary_iou"] = dict(zip(names, _nan_to_none(scores["per_class_boundary_iou"])))
+        result["per_class_boundary_iou"] = dict(zip(names, _nan_to_none(scores["per_class_boundary_iou"]), strict=True))
     result.update({
         "images_per_second": this_run / seconds if seconds else None,
         "seconds": {key: round(value, 3) for key, value in timings.items()},

@@ -190,7 +190,7 @@ def merge_windows(window_scores: Tensor, boxes: list[tuple[int, int, int, int]],
     height, width = size
     canvas = window_scores.new_zeros(window_scores.shape[1], height, width)
     count = window_scores.new_zeros(1, height, width)
-    for block, (y1, y2, x1, x2) in zip(window_scores, boxes):
+    for block, (y1, y2, x1, x2) in zip(window_scores, boxes, strict=True):
         canvas[:, y1:y2, x1:x2] += F.interpolate(block[None], size=(y2 - y1, x2 - x1), mode="bilinear",
                                                  align_corners=False)[0]
         count[:, y1:y2, x1:x2] += 1

@@ -61,7 +61,8 @@ class LPOSSConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LPOSSConfig.{name} must be a positive integer, got {value!r}")
         if self.long_side_cap < self.short_side:
-            raise ValueError(f"LPOSSConfig.long_side_cap ({self.long_side_cap}) must be >= short_side ({self.short_side})")
+            raise ValueError(f"LPOSSConfig.long_side_cap ({self.long_side_cap}) must be >= "
+                             f"short_side ({self.short_side})")
         if isinstance(self.pixel_window, bool) or not isinstance(self.pixel_window, int) or \
                 self.pixel_window < 3 or self.pixel_window % 2 == 0:
             raise ValueError(f"LPOSSConfig.pixel_window must be an odd integer >= 3, got {self.pixel_window!r}")
@@ -111,7 +112,8 @@ class _Segmenter:
 
     def __init__(self, vlm, vm, config: LPOSSConfig | None, device):
         if not isinstance(vlm, encoders.VisionLanguageEncoder):
-            raise TypeError("vlm must implement encoders.VisionLanguageEncoder (patch_size, dense_features, encode_text)")
+            raise TypeError("vlm must implement encoders.VisionLanguageEncoder "
+                            "(patch_size, dense_features, encode_text)")
         if vm is not None and not isinstance(vm, encoders.VisionEncoder):
             raise TypeError("vm must implement encoders.VisionEncoder (patch_size, dense_features)")
         if config is None:
@@ -165,7 +167,8 @@ class _Segmenter:
             original = (int(loaded.shape[1]), int(loaded.shape[2]))
             size = working_size(*original, cfg.short_side, cfg.long_side_cap)
             resized = resize_image(loaded, size, cfg.resize).to(self.device)
-            boxes = window_boxes(size[0], size[1], cfg.window, cfg.stride) if cfg.sliding else [(0, size[0], 0, size[1])]
+            boxes = (window_boxes(size[0], size[1], cfg.window, cfg.stride) if cfg.sliding
+                     else [(0, size[0], 0, size[1])])
             prepared.append((resized, original, boxes))
         if not prepared:
             return []
@@ -354,7 +357,8 @@ class LPOSS(_Segmenter):
         rows = torch.arange(gh, device=initial.device, dtype=torch.float32)
         cols = torch.arange(gw, device=initial.device, dtype=torch.float32)
         centers = torch.cat([
-            torch.stack(torch.meshgrid(y1 + p // 2 + p * rows, x1 + p // 2 + p * cols, indexing="ij"), -1).reshape(-1, 2)
+            torch.stack(torch.meshgrid(y1 + p // 2 + p * rows, x1 + p // 2 + p * cols, indexing="ij"),
+                        -1).reshape(-1, 2)
             for y1, _, x1, _ in features.boxes
         ])
         z = patch_propagation(

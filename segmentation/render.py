@@ -57,7 +57,7 @@ def overlay_image(image: np.ndarray, labels: torch.Tensor, class_names: list[str
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     x = picture.width + gap
-    for row, (i, text) in enumerate(zip(present, texts)):
+    for row, (i, text) in enumerate(zip(present, texts, strict=True)):
         y = top + row * line
         draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(int(c) for c in colours[i]), outline=(0, 0, 0))
         left, upper, _, lower = font.getbbox(text)

@@ -61,7 +61,7 @@ def test_a_folder_gives_a_mirrored_tree_with_each_images_labels(model, tree, tmp
         assert Image.open(f"{stem}_overlay.png").width > expected.shape[2]  # the legend beside it
         counts = np.bincount(expected.argmax(0).reshape(-1).numpy(), minlength=2)
         assert dict(result.shares) == pytest.approx({n: 100 * c / counts.sum() for n, c in
-                                                     zip(["grass", "sky"], counts) if c})
+                                                     zip(["grass", "sky"], counts, strict=True) if c})
         assert result.seconds > 0
     assert not list(out.rglob("*.tmp"))
     narrowed = list(segment_paths(model, [tree], CLASSES, out=tmp_path / "jpg", glob="*.jpg"))
@@ -131,7 +131,7 @@ def test_batches_of_several_images_equal_one_at_a_time(model, tree, tmp_path):
 def test_encode_batch_equals_encode_per_image(model, tree):
     paths = [tree / "x.png", tree / "a/y.jpg"]
     batched = model.encode_batch(paths)
-    for path, features in zip(paths, batched):
+    for path, features in zip(paths, batched, strict=True):
         alone = model.encode(path)
         assert features.boxes == alone.boxes and features.original_size == alone.original_size
         torch.testing.assert_close(features.vlm_features, alone.vlm_features, rtol=1e-4, atol=1e-5)

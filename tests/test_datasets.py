@@ -32,7 +32,8 @@ def test_the_registry_is_the_published_protocol():
     assert DATASETS["voc"].classes[0].split(";")[:2] == ["sky", "wall"]  # background synonyms
     assert DATASETS["ade20k"].reduce_zero_label and not DATASETS["voc"].reduce_zero_label
     if SHARED.is_file():
-        shipped = json.loads((Path(__file__).resolve().parents[1] / "segmentation" / "data" / "datasets.json").read_text())
+        shipped_path = Path(__file__).resolve().parents[1] / "segmentation" / "data" / "datasets.json"
+        shipped = json.loads(shipped_path.read_text())
         assert shipped == json.loads(SHARED.read_text())
 
 
@@ -86,8 +87,8 @@ def test_a_missing_dataset_shows_the_expected_layout(tmp_path):
     with pytest.raises(DatasetLayoutError) as info:
         load_dataset("voc", tmp_path)
     message = str(info.value)
-    for part in (f"expected layout under {tmp_path}:", "VOCdevkit/VOC2012", "JPEGImages/<name>.jpg", "SegmentationClass/<name>.png",
-                 "ImageSets/Segmentation/val.txt", "folder not found"):
+    for part in (f"expected layout under {tmp_path}:", "VOCdevkit/VOC2012", "JPEGImages/<name>.jpg",
+                 "SegmentationClass/<name>.png", "ImageSets/Segmentation/val.txt", "folder not found"):
         assert part in message
     write_synthetic_dataset("ade20k", tmp_path, count=1)
     (tmp_path / "ADEChallengeData2016" / "annotations" / "validation" / "000000.png").unlink()

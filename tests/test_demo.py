@@ -44,7 +44,7 @@ def _png(path, height=40, width=60, seed=0, mode="RGB"):
 
 def _count_network_calls(encoders_pair, monkeypatch):
     calls = {"vlm": 0, "vm": 0}
-    for name, encoder in zip(("vlm", "vm"), encoders_pair):
+    for name, encoder in zip(("vlm", "vm"), encoders_pair, strict=True):
         original = encoder.dense_features
 
         def counted(images, _f=original, _n=name):

@@ -194,7 +194,8 @@ def reference_timm(model, images: torch.Tensor, feature: str, pos_antialias: boo
         if i == len(blocks) - 1 and feature in ("q", "k", "v"):
             d = x.shape[-1]
             j = "qkv".index(feature)
-            out = _linear(y, sd[pre + "attn.qkv.weight"][j * d : (j + 1) * d], sd[pre + "attn.qkv.bias"][j * d : (j + 1) * d])
+            out = _linear(y, sd[pre + "attn.qkv.weight"][j * d : (j + 1) * d],
+                          sd[pre + "attn.qkv.bias"][j * d : (j + 1) * d])
             return _l2_normalise(out[:, n_prefix:]).reshape(bsz, h, w, -1)
         attn = _attention(
             y, sd[pre + "attn.qkv.weight"], sd[pre + "attn.qkv.bias"],
@@ -388,7 +389,8 @@ def test_open_clip_reference_is_discriminating(tiny_clip):
 
 
 @pytest.mark.parametrize("feature", ["q", "k", "v", "x"])
-@pytest.mark.parametrize("height, width", [(224, 224), (96, 160), (100, 150)], ids=["native-224", "resized-96x160", "padded-100x150"])
+@pytest.mark.parametrize("height, width", [(224, 224), (96, 160), (100, 150)],
+                         ids=["native-224", "resized-96x160", "padded-100x150"])
 def test_timm_dino_matches_reference(dino_s3, feature, height, width):
     """A 3-block DINO ViT-S/16 (one CLS prefix token whose positional entry is kept, no layer
     scale) equals the explicit computation for each feature: the q/k/v third of the last block's

@@ -325,7 +325,8 @@ def test_images_are_validated(tiny_clip_configs):
 @pytest.mark.parametrize("make", ["clip", "dino"])
 def test_padding_is_black_before_normalisation(make, tiny_clip_configs):
     """A 50 x 70 image gives the features of the same image padded with zeros to 64 x 80."""
-    encoder = tiny_clip(tiny_clip_configs) if make == "clip" else TimmViTEncoder(pretrained=None, device="cpu", **SMALL_DINO)
+    encoder = (tiny_clip(tiny_clip_configs) if make == "clip"
+               else TimmViTEncoder(pretrained=None, device="cpu", **SMALL_DINO))
     image = torch.rand(1, 3, 50, 70)
     padded = F.pad(image, (0, 10, 0, 14))
     features = encoder.dense_features(image)

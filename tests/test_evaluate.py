@@ -82,7 +82,7 @@ def test_evaluate_writes_results_and_predictions(voc, full_run, capsys):
     assert not (out / "results.json.partial").exists()  # the progress file is gone once done
     miou, per_class = _miou_from_files(out / "predictions", data, 21)
     assert result["miou"] == pytest.approx(miou, abs=1e-9)
-    for name, iou in zip(result["per_class_iou"], per_class):
+    for name, iou in zip(result["per_class_iou"], per_class, strict=True):
         reported = result["per_class_iou"][name]
         assert (reported is None and np.isnan(iou)) or reported == pytest.approx(iou, abs=1e-9)
     matrix = np.array(result["confusion_matrix"])
@@ -147,7 +147,7 @@ def test_a_corrupt_image_or_label_is_reported_and_skipped(tmp_path, tiny_clip_co
 def test_bad_input_is_one_line_and_exit_2(voc, tmp_path, tiny_clip_configs, capsys, extra, message):
     root, _ = voc
     args = _args(root, tmp_path / "r.json")
-    for flag, value in zip(extra[::2], extra[1::2]):
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
         if flag in args:
             args[args.index(flag) + 1] = value
         else:

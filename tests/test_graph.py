@@ -118,7 +118,7 @@ def test_sparse_round_trips(case):
         back = Graph.from_sparse(matrix)
         assert back.num_nodes == n
         assert_coalesced(back)
-        assert back.num_edges == len({(a, b) for a, b in zip(src.tolist(), dst.tolist())})
+        assert back.num_edges == len({(a, b) for a, b in zip(src.tolist(), dst.tolist(), strict=True)})
         np.testing.assert_allclose(dense(back), W, rtol=1e-12, atol=1e-12)
     c = g.coalesce()
     assert_coalesced(c)

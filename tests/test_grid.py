@@ -63,7 +63,8 @@ def test_stencil_equals_explicit_sparse_matrix(shape, e, kernel, normalized):
 @given(shapes)
 def test_normalized_grid_equals_normalized_explicit_graph(shape):
     h, w, radius, seed = shape
-    grid = gp.grid_graph(torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), radius, 0.2)
+    signal = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grid = gp.grid_graph(signal, radius, 0.2)
     torch.testing.assert_close(
         gp.sym_normalize(grid).to_sparse_coo().to_dense(),
         gp.sym_normalize(grid.to_graph()).to_dense(),

@@ -16,8 +16,8 @@ import torch
 import graphprop as gp
 
 sklearn = pytest.importorskip("sklearn")
-from sklearn.metrics.pairwise import rbf_kernel
-from sklearn.semi_supervised import LabelSpreading
+from sklearn.metrics.pairwise import rbf_kernel  # noqa: E402  (after the importorskip)
+from sklearn.semi_supervised import LabelSpreading  # noqa: E402
 
 
 def digits(n: int):
@@ -157,7 +157,8 @@ def test_karate_club_equals_pyg(karate):
                                 one_hot(clubs, np.array([0, 33]), 2), alpha=0.5)
     torch.testing.assert_close((ours * 0.5).float(), pyg, rtol=1e-5, atol=1e-6)
     ei, ew = _gcn(graph)
-    weighted = prop(labels.view(-1, 1).eq(torch.arange(2)).double(), ei, mask=mask, edge_weight=ew)  # gcn_norm's weights
+    # gcn_norm's weights
+    weighted = prop(labels.view(-1, 1).eq(torch.arange(2)).double(), ei, mask=mask, edge_weight=ew)
     ours = gp.label_propagation(graph, one_hot(clubs, np.array([0, 33]), 2), alpha=0.5)
     torch.testing.assert_close(ours * 0.5, weighted.double(), rtol=1e-9, atol=1e-12)
 

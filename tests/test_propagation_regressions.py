@@ -42,7 +42,8 @@ def dense_propagation(w: np.ndarray, y: np.ndarray, alpha: float, normalize: boo
 def random_directed(seed: int, n: int, density: float = 0.2, weighted: bool = True) -> gp.Graph:
     gen = torch.Generator().manual_seed(seed)
     mask = (torch.rand(n, n, generator=gen) < density) & ~torch.eye(n, dtype=torch.bool)
-    w = torch.rand(n, n, generator=gen, dtype=torch.float64) + 0.1 if weighted else torch.ones(n, n, dtype=torch.float64)
+    w = (torch.rand(n, n, generator=gen, dtype=torch.float64) + 0.1 if weighted
+         else torch.ones(n, n, dtype=torch.float64))
     return gp.Graph.from_dense(w * mask)
 
 
@@ -287,7 +288,8 @@ def test_huge_float32_scores(solver):
 def test_weights_whose_degrees_overflow(solver):
     y = torch.rand(12, 2, dtype=torch.float64)
     kw = {"solver": solver, "tol": 1e-12, "max_iter": 200}
-    torch.testing.assert_close(gp.label_propagation(ring(12, 1e308), y, **kw), gp.label_propagation(ring(12, 1.0), y, **kw))
+    torch.testing.assert_close(gp.label_propagation(ring(12, 1e308), y, **kw),
+                               gp.label_propagation(ring(12, 1.0), y, **kw))
     assert ring(12, 1e308).is_symmetric()
 
 
@@ -331,7 +333,8 @@ def test_all_zero_columns_take_no_iteration(solver):
         assert bool((info.iterations[[0, 2]] > 0).all())
 
 
-@pytest.mark.parametrize("alpha", [np.float32(0.75), np.float64(0.75), torch.tensor(0.75), torch.tensor(0.75, dtype=torch.float64)])
+@pytest.mark.parametrize("alpha", [np.float32(0.75), np.float64(0.75), torch.tensor(0.75),
+                                   torch.tensor(0.75, dtype=torch.float64)])
 def test_alpha_as_numpy_or_0d_tensor(alpha):
     graph = ring(6, 1.0)
     y = torch.rand(6, 2, dtype=torch.float64)

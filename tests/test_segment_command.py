@@ -115,7 +115,7 @@ def test_a_folder_run_a_rerun_and_overwrite(tmp_path, tiny_clip_configs, quiet_r
         labels = np.asarray(Image.open(out / name.replace(Path(name).suffix, "_labels.png")))
         counts = np.bincount(labels.reshape(-1), minlength=2)
         assert entries[name]["classes"] == {n: round(100 * c / labels.size, 4)
-                                            for n, c in zip(["cat", "sky"], counts) if c}
+                                            for n, c in zip(["cat", "sky"], counts, strict=True) if c}
         assert entries[name]["seconds"] > 0
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     (photos / "a" / "broken.png").unlink()

@@ -100,7 +100,8 @@ def test_patch_graph_matches_dense_and_the_previous_construction(k, gamma, sigma
     values, indices = gp.knn(features, k, metric="ip")
     r = torch.arange(len(features)).repeat_interleave(k)
     c = indices.reshape(-1)
-    w = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * (centers[r] - centers[c]).norm(dim=1) ** pix_dist_pow)
+    distance = (centers[r] - centers[c]).norm(dim=1)
+    w = values.reshape(-1).clamp_min(0) ** gamma * torch.exp(-sigma * distance ** pix_dist_pow)
     previous = gp.symmetrize(gp.Graph(torch.stack([r, c]), w, len(features)))
     assert torch.equal(graph.edge_index, previous.edge_index)
     # same formula on the same numbers; torch's vectorised and scalar pow/exp can differ in the last

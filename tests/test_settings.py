@@ -140,7 +140,7 @@ def reference_lposs(image: np.ndarray, class_names, vlm, vm, cfg: LPOSSConfig) -
     blocks = z.reshape(n, gh, gw, -1).transpose(0, 3, 1, 2)
     canvas = np.zeros((y.shape[1], h, w))
     count = np.zeros((h, w))
-    for block, (y1, y2, x1, x2) in zip(blocks, boxes):
+    for block, (y1, y2, x1, x2) in zip(blocks, boxes, strict=True):
         canvas[:, y1:y2, x1:x2] += bilinear_reference(block, (y2 - y1, x2 - x1))
         count[y1:y2, x1:x2] += 1
     scores = canvas / count

@@ -71,7 +71,8 @@ def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None
                 status = gr.Markdown(f"Networks ran {app.encode_count} time(s) since the server started.",
                                      elem_id="lposs-status")
 
-        def segment(upload, text, method_name, k_value, alpha_value, tau_value, window_value, progress=gr.Progress()):
+        # gr.Progress() as the default is Gradio's documented way to ask for its progress tracker
+        def segment(upload, text, method_name, k_value, alpha_value, tau_value, window_value, progress=gr.Progress()):  # noqa: B008
             # the inputs arrive unprocessed (preprocess=False): the upload is Gradio's file record, its path
             # in Gradio's upload folder; the app opens it itself and says on the page what is wrong with it
             path = upload.get("path") if isinstance(upload, dict) else None
