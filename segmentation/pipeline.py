@@ -348,6 +348,8 @@ class LPOSS(_Segmenter):
         return ("patch propagation", "pixel propagation") if self.config.pixel_refine else ("patch propagation",)
 
     def _propagate(self, features: ImageFeatures, text, stage) -> Tensor:
+        if features.vm_features is None:
+            raise ValueError("LPOSS needs ImageFeatures with vm_features (LPOSS.encode gives them); these have none")
         cfg = self.config
         stage("patch propagation")
         initial = self._initial_scores(features, text)  # (n, E, gh, gw)

@@ -328,6 +328,16 @@ def test_pipeline_shapes_determinism_and_reuse(small_encoders):
     assert len(labels) == 2 and labels[0].dtype == torch.long and torch.equal(labels[0], labels[1])
 
 
+def test_lposs_refuses_features_without_vm_features(small_encoders):
+    """MaskCLIP's features carry no VM features: LPOSS says so in one line (it used to fail on None.to)."""
+    vlm, vm = small_encoders
+    image = np.random.default_rng(3).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    features = MaskCLIP(vlm, SMALL).encode(image)
+    assert features.vm_features is None
+    with pytest.raises(ValueError, match="LPOSS needs ImageFeatures with vm_features"):
+        LPOSS(vlm, vm, SMALL).predict(features, ["road", "sky"])
+
+
 def test_synonyms_reduce_by_max(small_encoders):
     """Columns propagate independently, so a class's score is the max of its synonyms' scores
     (taken before the final resize: the image is at the working size here, so that is the identity)."""
