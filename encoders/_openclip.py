@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,9 @@ from ._text import (
     tensors_digest,
 )
 from ._weights import WeightsSource, check_file, unavailable, warn_random, weights_source
+
+if TYPE_CHECKING:  # pragma: no cover
+    from open_clip.transformer import ResidualAttentionBlock
 
 __all__ = ["OpenCLIPEncoder"]
 
@@ -259,8 +263,8 @@ class OpenCLIPEncoder:
         if isinstance(prompts, str) or len(prompts) == 0:
             raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
         tokens = self.tokenizer(list(prompts))
-        tower = self._text_tower
         if self.truncate_text:
+            tower = cast(_TextTower, self._text_tower)  # truncate_text holds only with a truncatable tower
             lengths = tower.needed_lengths(tokens)
             order = torch.argsort(lengths, stable=True)
         else:
@@ -279,6 +283,7 @@ class OpenCLIPEncoder:
             if out is None:
                 out = torch.empty(len(prompts), embedded.shape[-1], dtype=torch.float32)
             out[index] = F.normalize(embedded.float(), dim=-1).cpu()
+        assert out is not None  # prompts is not empty: at least one batch ran
         return out
 
 
@@ -354,7 +359,7 @@ def _check_maskclip_support(name: str, visual: nn.Module) -> None:
         )
 
 
-def _value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _value_path(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     """MaskCLIP's last block: ``z = x + out_proj(W_v ln_1(x) + b_v)``, then ``z + mlp(ln_2(z))``.
 
     ``x``: (B, L, width) batch-first tokens. Layer scale, when a model has it, is applied as in the
@@ -393,8 +398,7 @@ class _TextTower:
 
         if isinstance(model, open_clip.CLIP):
             owner, pool_type, eos_id = model, model.text_pool_type, getattr(model, "text_eos_id", None)
-        elif isinstance(getattr(model, "text", None), TextTransformer):
-            text = model.text
+        elif isinstance(text := getattr(model, "text", None), TextTransformer):
             if text.cls_emb is not None or getattr(text, "use_pad_mask", False):
                 return None
             owner, pool_type, eos_id = text, text.pool_type, getattr(text, "eos_id", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -84,13 +85,19 @@ class TimmViTEncoder:
         self.model = _create_timm(model, self.source, model_kwargs or {})
         self.model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         _check_structure(model, self.model, feature)
-        patch = tuple(self.model.patch_embed.patch_size)
+        patch = tuple(self._vit.patch_embed.patch_size)
         if patch[0] != patch[1]:
             raise ValueError(f"timm model {model!r} has non-square patches {patch}; only square patches are supported")
         self.patch_size = int(patch[0])
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
         self.mean = tuple(float(v) for v in cfg.get("mean", _IMAGENET_MEAN))
         self.std = tuple(float(v) for v in cfg.get("std", _IMAGENET_STD))
+
+    @property
+    def _vit(self) -> Any:
+        """``model`` as the timm ViT-family model it is: the classes differ (VisionTransformer, Eva,
+        ...), so its parts are reached by name, as :func:`_check_structure` verified."""
+        return self.model
 
     def __repr__(self) -> str:
         return (f"TimmViTEncoder(model={self.name!r}, weights={self.source.describe()!r}, "
@@ -117,7 +124,7 @@ class TimmViTEncoder:
         """(B, 3, H, W) normalised, H and W multiples of the patch -> (B, h, w, D) unit features."""
         batch, _, height, width = x.shape
         h, w = height // self.patch_size, width // self.patch_size
-        blocks = self.model.blocks
+        blocks = self._vit.blocks
         if self.feature == "x":
             tokens = self._block_output(x, len(blocks) - 1)
         else:
@@ -130,7 +137,7 @@ class TimmViTEncoder:
 
     def _block_output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """The spatial tokens (prefix tokens dropped) after block ``index``: (B, h*w, width)."""
-        (tokens,) = self.model.forward_intermediates(
+        (tokens,) = self._vit.forward_intermediates(
             x, indices=[index], norm=False, stop_early=True, output_fmt="NLC", intermediates_only=True,
         )
         return tokens
@@ -195,13 +202,15 @@ def _qkv_slice(attn: nn.Module, which: int) -> tuple[torch.Tensor, torch.Tensor 
     that part concatenated in order. Models that keep the biases apart (``q_bias``/``v_bias``,
     EVA/BEiT style) are handled as their forward does.
     """
-    qkv = attn.qkv
+    qkv = cast(nn.Linear, attn.qkv)  # _check_structure refused models without it
     size = qkv.out_features // 3
     part = slice(which * size, (which + 1) * size)
-    bias = qkv.bias
+    bias: torch.Tensor | None = qkv.bias
     if bias is None and getattr(attn, "q_bias", None) is not None:
+        # EVA/BEiT-style separate biases: q_bias and v_bias parameters, k_bias None or absent
+        q_bias, v_bias = cast(torch.Tensor, attn.q_bias), cast(torch.Tensor, attn.v_bias)
         k_bias = getattr(attn, "k_bias", None)
         if k_bias is None:
-            k_bias = torch.zeros_like(attn.q_bias)
-        bias = torch.cat([attn.q_bias, k_bias, attn.v_bias])
+            k_bias = torch.zeros_like(q_bias)
+        bias = torch.cat([q_bias, k_bias, v_bias])
     return qkv.weight[part], None if bias is None else bias[part]

@@ -6,6 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
@@ -58,7 +59,8 @@ def weights_source(pretrained: object, name: str = "pretrained") -> WeightsSourc
 
 def check_file(source: WeightsSource, library: str, model: str, spec_prefix: str) -> None:
     """Raise a clear error when a local checkpoint file does not exist."""
-    if source.kind == "file" and not Path(source.value).is_file():
+    # a "file" source always carries its path (weights_source builds it so)
+    if source.kind == "file" and not Path(cast(str, source.value)).is_file():
         raise WeightsUnavailableError(
             f"cannot load weights for {library} model {model!r}: the checkpoint file {source.value} does not exist. "
             f"Pass an existing file ({', '.join(CHECKPOINT_SUFFIXES)}), e.g. "

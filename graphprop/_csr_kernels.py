@@ -10,13 +10,16 @@ that the tests keep equal to it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-_PARALLEL = {"parallel": True, "cache": True, "boundscheck": False}
-_SERIAL = {"cache": True, "boundscheck": False}
+# Any values: numba's njit overloads type each option separately, not a dict of them
+_PARALLEL: dict[str, Any] = {"parallel": True, "cache": True, "boundscheck": False}
+_SERIAL: dict[str, Any] = {"cache": True, "boundscheck": False}
 
 
 @numba.njit(**_SERIAL)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import Tensor
@@ -19,7 +19,9 @@ from torch import Tensor
 from ._validation import check_positive_int, check_tensor, finite_nonnegative
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     from torch_geometric.data import Data
+    from typing_extensions import TypeIs
 
     from ._grid import GridGraph
 
@@ -193,12 +195,12 @@ class Graph:
         va, vb = a.edge_weight, b.edge_weight
         return bool(((va - vb).abs() <= rtol * torch.maximum(va.abs(), vb.abs())).all())
 
-    def _receiver_csr(self) -> tuple:
+    def _receiver_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The canonical CSR matrix of ``W^T`` (rows = receiving nodes
         ``edge_index[1]``, duplicates summed, zeros dropped) as numpy
         ``(indptr int64, indices int32, values)``; CPU and numba only. Cached."""
 
-        def build() -> tuple:
+        def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             from . import _csr_kernels
 
             ei = self.edge_index.detach().numpy()
@@ -240,6 +242,10 @@ def degree(graph: Graph | GridGraph) -> Tensor:
     return d.index_add_(0, graph.edge_index[0], graph.edge_weight)
 
 
+@overload
+def symmetrize(graph: Graph) -> Graph: ...
+@overload
+def symmetrize(graph: GridGraph) -> GridGraph: ...
 def symmetrize(graph: Graph | GridGraph) -> Graph | GridGraph:
     """``W + W^T``: every edge is added in both directions and duplicates summed, so an
     edge found from both sides gets both weights. A :class:`Graph` result is
@@ -252,6 +258,10 @@ def symmetrize(graph: Graph | GridGraph) -> Graph | GridGraph:
     return Graph(both, weights, graph.num_nodes).coalesce()
 
 
+@overload
+def remove_self_loops(graph: Graph) -> Graph: ...
+@overload
+def remove_self_loops(graph: GridGraph) -> GridGraph: ...
 def remove_self_loops(graph: Graph | GridGraph) -> Graph | GridGraph:
     """Drop every edge ``(i, i)`` (a :class:`GridGraph` has none: returned as is)."""
     if _is_grid(graph):
@@ -260,6 +270,10 @@ def remove_self_loops(graph: Graph | GridGraph) -> Graph | GridGraph:
     return Graph(graph.edge_index[:, keep], graph.edge_weight[keep], graph.num_nodes)
 
 
+@overload
+def sym_normalize(graph: Graph) -> Graph: ...
+@overload
+def sym_normalize(graph: GridGraph) -> GridGraph: ...
 def sym_normalize(graph: Graph | GridGraph) -> Graph | GridGraph:
     """``D^-1/2 W D^-1/2`` with ``D`` the row sums of W; a zero degree counts as 1.
 
@@ -342,7 +356,8 @@ def _csr_kernels_usable(graph: Graph) -> bool:
     return graph.device.type == "cpu" and graph.num_nodes < 2**31 and numba_available()
 
 
-def _is_grid(graph: object) -> bool:
+def _is_grid(graph: object) -> TypeIs[GridGraph]:
+    """Whether ``graph`` is a :class:`GridGraph` (else it is a :class:`Graph`: anything else raises)."""
     from ._grid import GridGraph
 
     if isinstance(graph, GridGraph):

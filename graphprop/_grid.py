@@ -101,7 +101,7 @@ class GridGraph:
         of them). The scale, when set, keeps W symmetric."""
         return _stencil.is_mirrored(self)
 
-    def to(self, device: object = None, dtype: torch.dtype | None = None) -> GridGraph:
+    def to(self, device: torch.device | str | int | None = None, dtype: torch.dtype | None = None) -> GridGraph:
         """The graph on ``device`` / in ``dtype`` (weights and scale; tensors already
         there are shared, not copied)."""
         scale = None if self.scale is None else self.scale.to(device=device, dtype=dtype)
@@ -207,7 +207,7 @@ def grid_graph(signal: Tensor, radius: int, weight: WeightFn | float = 0.01) -> 
     weights = torch.zeros(k, h, w, dtype=signal.dtype, device=signal.device)
     # offsets before the centre only; o and k-1-o are opposite, so mirror each block
     for o, p, q in offset_blocks(offsets[: k // 2], h, w):
-        wo = weight(signal[(slice(None), *p)], signal[(slice(None), *q)])
+        wo = weight(signal[:, p[0], p[1]], signal[:, q[0], q[1]])
         if not isinstance(wo, Tensor) or wo.shape != weights[o][p].shape:
             got = tuple(wo.shape) if isinstance(wo, Tensor) else type(wo).__name__
             raise ValueError(f"weight must map two (C, h, w) blocks to (h, w) weights, got {got}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +133,7 @@ def _knn_torch(x: Tensor, q: Tensor, k: int, metric: str, ordered: bool = True) 
     for start in range(0, m, block):
         qb = q[start : start + block]
         scores = product(qb, x)  # (block, N)
-        if metric == "l2":
+        if sq_x is not None:
             # ||q - x||^2 = ||q||^2 - 2 q.x + ||x||^2, ranked by the negated distance
             scores.mul_(2).sub_(sq_x).sub_((qb * qb).sum(1, keepdim=True))
         v, i = scores.topk(k, dim=1, largest=True, sorted=ordered)
@@ -247,7 +246,7 @@ def knn_graph(
 
         edges, val = symmetric_knn(indices.contiguous().numpy(), w.reshape(n, kk).contiguous().numpy())
         return Graph(torch.from_numpy(edges), torch.from_numpy(val), n)
-    return cast(Graph, symmetrize(Graph(edge_index, w, n)))
+    return symmetrize(Graph(edge_index, w, n))
 
 
 def _compiled_symmetrize(w: Tensor) -> bool:

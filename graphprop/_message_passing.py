@@ -28,7 +28,7 @@ class WeightedSum(MessagePassing):
         super().__init__(aggr="add")
         self.adj_t = graph.to_sparse_csr()
 
-    def forward(self, z: Tensor, out: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, z: Tensor, out: Tensor | None = None) -> Tensor:
         """z: (N, E) -> (N, E), copied into ``out`` when given."""
         result = self.propagate(self.adj_t, x=z)
         return result if out is None else out.copy_(result)
@@ -36,5 +36,5 @@ class WeightedSum(MessagePassing):
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:  # pragma: no cover
         return edge_weight.view(-1, 1) * x_j
 
-    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:
         return spmm(adj_t, x, reduce="sum")

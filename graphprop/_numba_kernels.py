@@ -12,13 +12,15 @@ all the weights pixel-major).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
 
 from ._simd import LANES, MAX_PIXELS, MAX_VECTORS, scratch, store, store_shifted, window_row, zero
 
-_PARALLEL = dict(parallel=True, cache=True, boundscheck=False)
+# Any values: numba's njit overloads type each option separately, not a dict of them
+_PARALLEL: dict[str, Any] = dict(parallel=True, cache=True, boundscheck=False)
 _ROW_1_1, _ROW_1_2, _ROW_1_3 = window_row(1, 1), window_row(1, 2), window_row(1, 3)
 _ROW_J_1, _ROW_J_2, _ROW_J_3 = (window_row(MAX_PIXELS, v) for v in (1, 2, 3))
 assert MAX_VECTORS == 3

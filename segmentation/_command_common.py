@@ -7,6 +7,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import overload
 
 from encoders import PRECISIONS
 
@@ -41,6 +42,10 @@ def check_device(device: str | None) -> None:
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
 
 
+@overload
+def read_class_list(classes: str, classes_file: None) -> list[str]: ...
+@overload
+def read_class_list(classes: str | None, classes_file: str | None) -> list[str] | None: ...
 def read_class_list(classes: str | None, classes_file: str | None) -> list[str] | None:
     """The validated class list from ``--classes "a,b;c"`` or a file with one class per line;
     None when neither is given. Raises ValueError with a one-line message."""

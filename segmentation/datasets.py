@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,8 +174,8 @@ class SegmentationDataset(Sequence[Sample]):
         samples = []
         for rel in relative:
             image = img_dir / f"{rel}{info.img_suffix}"
-            folder = str(Path(rel).parent)
-            samples.append(Sample(image.stem, "" if folder == "." else folder, image,
+            parent = str(Path(rel).parent)
+            samples.append(Sample(image.stem, "" if parent == "." else parent, image,
                                   ann_dir / f"{rel}{info.ann_suffix}"))
         if not any(s.label.is_file() for s in samples):
             raise self._fail(f"no label files ending with {info.ann_suffix!r} in {ann_dir}")
@@ -284,7 +285,8 @@ def write_synthetic_dataset(name: str, data_root: str | os.PathLike, count: int 
         label_path = root / info.ann_dir / f"{stem}{info.ann_suffix}"
         image_path.parent.mkdir(parents=True, exist_ok=True)
         label_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(image_path, **({"quality": 95} if info.img_suffix == ".jpg" else {}))
+        jpeg_options: dict[str, Any] = {"quality": 95} if info.img_suffix == ".jpg" else {}
+        Image.fromarray(image).save(image_path, **jpeg_options)
         palette_png = info.ann_dir.startswith("Segmentation")  # VOC and Context store palette PNGs
         stored = Image.fromarray(raw.astype(np.uint8), mode="P" if palette_png else "L")
         if palette_png:

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -91,7 +89,7 @@ def _normalized(graph: gp.Graph) -> gp.Graph:
     ``label_propagation(graph.to(dtype=torch.float64))`` normalises to (§6). On the CPU one
     compiled pass over the edges, which :func:`patch_graph` gives sorted by (source, target)."""
     if graph.device.type != "cpu" or not numba_available():
-        return cast(gp.Graph, gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64))))
+        return gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64)))
     from graphprop._knn_kernels import normalized_without_self_loops
 
     n = graph.num_nodes

@@ -104,6 +104,8 @@ class DemoApp:
         if path is None or not Path(path).is_file():
             raise DemoInputError("No image: upload one (or pick the example) first.")
         name = Path(path).name
+        width: int | None
+        height: int | None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -115,7 +117,7 @@ class DemoApp:
             raise DemoInputError(f"Cannot read {name}: it is not an image file (PNG, JPEG, WebP, ...).") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise DemoInputError(f"Cannot read {name}: {error}") from None
-        if width is None or width * height > self.max_pixels:
+        if width is None or height is None or width * height > self.max_pixels:
             size = "" if width is None else f" ({width} x {height})"
             raise DemoInputError(f"{name} is too large{size}: this demo takes images of at most "
                                  f"{self.max_pixels / 1e6:g} megapixels (lposs demo --max-pixels).")
@@ -127,6 +129,7 @@ class DemoApp:
         from ..preprocess import load_image
 
         self.check_image(path)
+        assert path is not None  # check_image refused a missing file
         digest = _file_digest(Path(path))
         with self._lock:
             if digest in self._cache:
