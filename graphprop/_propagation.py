@@ -103,12 +103,12 @@ class PropagationResult:
 @overload
 def label_propagation(
     graph: GraphLike, y: Tensor, *, alpha: float = ..., tol: float = ..., max_iter: int = ...,
-    solver: str = ..., normalize: bool = ..., return_info: Literal[False] = ..., warn: bool = ...,
+    solver: str = ..., normalize: bool = ..., return_info: Literal[False] = ..., warn: bool | None = ...,
 ) -> Tensor: ...
 @overload
 def label_propagation(
     graph: GraphLike, y: Tensor, *, alpha: float = ..., tol: float = ..., max_iter: int = ...,
-    solver: str = ..., normalize: bool = ..., return_info: Literal[True], warn: bool = ...,
+    solver: str = ..., normalize: bool = ..., return_info: Literal[True], warn: bool | None = ...,
 ) -> PropagationResult: ...
 
 
@@ -122,7 +122,7 @@ def label_propagation(
     solver: str = "auto",
     normalize: bool = True,
     return_info: bool = False,
-    warn: bool = False,
+    warn: bool | None = None,
 ) -> Tensor | PropagationResult:
     """Solve ``(I - alpha * P) Z = Y``: spread the label scores Y over the graph.
 
@@ -148,11 +148,13 @@ def label_propagation(
             in-degree normalisation of W without self-loops; when False ``P = W^T``
             as given (PyG with an explicit ``edge_weight``).
         return_info: return a :class:`PropagationResult` instead of Z.
-        warn: emit a :class:`ConvergenceWarning` when a column stopped at
-            ``max_iter`` before reaching ``tol`` (off: the published setting stops at
-            10 iterations by design). ``"cg"`` always warns when more than 1% of the
-            rows have all their scores below its residual per entry
-            (``||r_c|| / sqrt(N)``): their ranking is noise.
+        warn: which :class:`ConvergenceWarning` to emit. ``None`` (default): only
+            ``"cg"``'s warning that more than 1% of the rows have all their scores
+            below its residual per entry (``||r_c|| / sqrt(N)``), as their ranking is
+            noise. ``True``: also when a column stopped at ``max_iter`` before
+            reaching ``tol``. ``False``: neither (the published LPOSS stages, which
+            stop at 10 iterations by design). The float32-underflow warning is always
+            emitted.
 
     Returns:
         Z, shaped like ``y``, in y's dtype and on its device (or a
@@ -209,7 +211,7 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
         z, iters, resid = _solve_fixed_point(operator, y2, alpha, tol, max_iter)
     else:
         z, iters, resid = _solve_direct(operator, y2.double(), alpha)
-    if solver == "cg":
+    if solver == "cg" and warn is not False:
         _warn_unresolved_rows(z, resid * y2.norm(dim=0))
     z = _unscale_columns(z, exponent)
     _check_finite_solution(z, normalize)

@@ -80,7 +80,8 @@ def patch_propagation(
 
     graph = patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
     z = gp.label_propagation(_normalized(graph), scores.to(graph.edge_weight.device, torch.float64),
-                             alpha=alpha, tol=tol, max_iter=max_iter, solver="cg", normalize=False)
+                             alpha=alpha, tol=tol, max_iter=max_iter, solver="cg", normalize=False,
+                             warn=False)
     return z.to(device=scores.device, dtype=scores.dtype)
 
 
@@ -164,7 +165,7 @@ def pixel_propagation(
     graph = gp.grid_graph(lab, window // 2, tau)
     e, h, w = scores.shape
     y = scores.to(dtype).reshape(e, h * w).T
-    z = gp.label_propagation(graph, y, alpha=alpha, tol=tol, max_iter=max_iter, solver="cg")
+    z = gp.label_propagation(graph, y, alpha=alpha, tol=tol, max_iter=max_iter, solver="cg", warn=False)
     return z.T.reshape(e, h, w).to(scores.dtype)
 
 

@@ -85,6 +85,11 @@ def test_cg_warns_when_rows_are_below_its_residual():
         warnings.simplefilter("error")
         gp.label_propagation(graph, y, alpha=0.5, tol=1e-6)  # auto: direct, exact
         gp.label_propagation(graph, y, alpha=0.5, tol=1e-30, max_iter=100, solver="cg")
+        # warn=False silences it (the LPOSS stages: 10 iterations by design), with the same Z
+        quiet = gp.label_propagation(graph, y, alpha=0.5, tol=1e-6, solver="cg", warn=False)
+    with pytest.warns(gp.ConvergenceWarning, match="below the residual"):
+        loud = gp.label_propagation(graph, y, alpha=0.5, tol=1e-6, solver="cg")
+    torch.testing.assert_close(quiet, loud, rtol=0, atol=0)
 
 
 # ------------------------------------------ 2. normalise in float64, then cast

@@ -408,3 +408,21 @@ def test_stage_timer_adds_up_each_stage(monkeypatch):
     timer.stop()
     timer.stop()  # nothing running: no change
     assert timer.seconds == {"text": 2.0 + 1.0 + 2.5, "vlm": 2.5}
+
+
+def test_the_stages_run_the_published_cg_without_convergence_warnings():
+    """Both stages stop at max_iter by design (published): the unresolved-rows warning that
+    graphprop's cg gives by default on these sparse scores stays silent there."""
+    import warnings
+
+    gen = torch.Generator().manual_seed(3)
+    image = torch.rand(3, 24, 30, generator=gen)
+    scores = torch.zeros(2, 24, 30)
+    scores[0, :2, :2] = 1.0  # scores far from most pixels: their rows are below CG's residual
+    scores[1, -2:, -2:] = 1.0
+    lab = rgb_to_lab(image) / torch.tensor(LAB_SCALE).view(3, 1, 1)
+    with pytest.warns(gp.ConvergenceWarning, match="below the residual"):
+        gp.label_propagation(gp.grid_graph(lab, 6, 0.01), scores.reshape(2, -1).T, solver="cg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixel_propagation(image, scores)

@@ -273,9 +273,9 @@ def test_knn_auto_runs_the_selected_backend(choice, monkeypatch):
     monkeypatch.setattr(_knn, "select_knn_backend", lambda *args: asked.append(args) or choice)
     real = _knn._knn_torch  # the torch search stands in for KeOps too: no compilation in the test
     for name in ("_knn_torch", "_knn_keops"):
-        def record(x, q, k, metric, _name=name):
+        def record(x, q, k, metric, *ordered, _name=name):
             ran.append(_name)
-            return real(x, q, k, metric)
+            return real(x, q, k, metric, *ordered)
 
         monkeypatch.setattr(_knn, name, record)
     x = torch.randn(50, 6)
