@@ -99,3 +99,39 @@ def small_encoders(tiny_clip_configs):
                               text_cache=False)
         vm = TimmViTEncoder("vit_small_patch16_224.dino", pretrained=None, device="cpu", model_kwargs={"depth": 2})
     return vlm, vm
+
+
+_LAUNCHER = """
+import sys
+import open_clip
+open_clip.add_model_config(sys.argv.pop(1))  # the tiny test configuration, in every process
+from {module} import main
+sys.exit(main())
+"""
+
+
+def run_under_torchrun(tmp_path, module: str, procs: int, args: list[str], port: int):
+    """Run ``{module}.main`` under torchrun with ``procs`` CPU processes (gloo, one thread each),
+    the tiny CLIP configuration registered in each; returns the finished process, asserted
+    successful. Skips when torchrun is not installed."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    configs = tmp_path / "configs"
+    configs.mkdir(exist_ok=True)
+    (configs / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    launcher = tmp_path / f"launch_{module.replace('.', '_')}.py"
+    launcher.write_text(_LAUNCHER.format(module=module))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+         "127.0.0.1", "--master-port", str(port + os.getpid() % 1000 + procs), str(launcher), str(configs), *args],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

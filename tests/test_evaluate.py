@@ -5,10 +5,6 @@ and DINO ViT-S/16), so a run takes seconds."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,39 +161,18 @@ def test_resume_refuses_a_run_with_other_settings(voc, tmp_path, tiny_clip_confi
     assert "other settings" in capsys.readouterr().err
 
 
-LAUNCHER = """
-import sys
-import open_clip
-open_clip.add_model_config(sys.argv.pop(1))  # the tiny test configuration, in every process
-from segmentation.evaluate import main
-sys.exit(main())
-"""
-
-
 def test_two_processes_under_torchrun_equal_one(tmp_path, tiny_clip_configs):
     """gloo on CPU: the images are sharded over two ranks and the confusion matrices all-reduced."""
-    from conftest import TINY_CLIP, TINY_CLIP_CONFIG
+    from conftest import TINY_CLIP, run_under_torchrun
 
-    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
-        pytest.skip("torchrun is not installed")
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-    (tmp_path / "launch.py").write_text(LAUNCHER)
     write_synthetic_dataset("voc20", tmp_path / "data", count=3, size=(30, 40))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     results = {}
     for procs in (1, 2):
         out = tmp_path / f"r{procs}.json"
-        done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-             "127.0.0.1", "--master-port", str(29500 + os.getpid() % 1000 + procs), str(tmp_path / "launch.py"),
-             str(configs), "--dataset", "voc20", "--data-root", str(tmp_path / "data"), "--method", "lposs",
-             "--vlm", f"open_clip:{TINY_CLIP}", "--vm", VM, "--random-init", "--device", "cpu",
-             "--output", str(out)],
-            capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        run_under_torchrun(tmp_path, "segmentation.evaluate", procs, [
+            "--dataset", "voc20", "--data-root", str(tmp_path / "data"), "--method", "lposs",
+            "--vlm", f"open_clip:{TINY_CLIP}", "--vm", VM, "--random-init", "--device", "cpu", "--output", str(out)],
+            port=29500)
         results[procs] = json.loads(out.read_text())
     assert results[2]["world_size"] == 2 and results[2]["evaluated"] == 3
     assert results[1]["confusion_matrix"] == results[2]["confusion_matrix"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,39 +126,18 @@ def test_a_folder_run_a_rerun_and_overwrite(tmp_path, tiny_clip_configs, quiet_r
     assert all(p.stat().st_mtime_ns != stamp for p, stamp in stamps.items())
 
 
-LAUNCHER = """
-import sys
-import open_clip
-open_clip.add_model_config(sys.argv.pop(1))  # the tiny test configuration, in every process
-from segmentation.segment_command import main
-sys.exit(main())
-"""
-
-
 def test_two_processes_under_torchrun_equal_one(tmp_path):
     """gloo on CPU: each image done by one rank; the files are byte for byte one process's."""
-    from conftest import TINY_CLIP, TINY_CLIP_CONFIG
+    from conftest import TINY_CLIP, run_under_torchrun
 
-    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
-        pytest.skip("torchrun is not installed")
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-    (tmp_path / "launch.py").write_text(LAUNCHER)
     photos = _photos(tmp_path / "photos")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     outputs = {}
     for procs in (1, 2):
         out = tmp_path / f"out{procs}"
-        done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-             "127.0.0.1", "--master-port", str(29700 + os.getpid() % 1000 + procs), str(tmp_path / "launch.py"),
-             str(configs), str(photos), "--classes", "cat,sky;cloud", "--out", str(out), "--coco-json",
-             str(out / "coco.json"), "--vlm", f"open_clip:{TINY_CLIP}", "--vm", VM, "--random-init",
-             "--device", "cpu", "--method", "lposs"],
-            capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        done = run_under_torchrun(tmp_path, "segmentation.segment_command", procs, [
+            str(photos), "--classes", "cat,sky;cloud", "--out", str(out), "--coco-json", str(out / "coco.json"),
+            "--vlm", f"open_clip:{TINY_CLIP}", "--vm", VM, "--random-init", "--device", "cpu", "--method", "lposs"],
+            port=29700)
         outputs[procs] = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.png")}
         summary = json.loads((out / "summary.json").read_text())
         assert summary["world_size"] == procs and summary["done"] == 3
