@@ -68,17 +68,22 @@ def test_auto_rule(monkeypatch):
     assert gp.label_propagation(grid, y[:9], return_info=True).solver == "cg"
 
 
-def test_cg_warns_when_rows_are_below_its_residual():
-    # two far-apart clusters: one labelled node; the other cluster's scores are ~1e-12
+def two_clusters() -> tuple[gp.Graph, torch.Tensor]:
+    """Two 10-node cliques joined by one edge of weight 1e-12, one labelled node (node 0 with
+    column 0, node 1 with column 1), both in the first clique: the other clique's scores are
+    ~1e-12, below what a 10-iteration CG at tol 1e-6 resolves."""
     w = np.zeros((20, 20))
     w[:10, :10] = 1
     w[10:, 10:] = 1
     w[9, 10] = w[10, 9] = 1e-12
     np.fill_diagonal(w, 0)
     y = torch.zeros(20, 2, dtype=torch.float64)
-    y[0, 0] = 1
-    y[1, 1] = 1
-    graph = gp.Graph.from_dense(torch.from_numpy(w))
+    y[0, 0] = y[1, 1] = 1
+    return gp.Graph.from_dense(torch.from_numpy(w)), y
+
+
+def test_cg_warns_when_rows_are_below_its_residual():
+    graph, y = two_clusters()
     with pytest.warns(gp.ConvergenceWarning, match="10 of 20 rows .* below the residual"):
         gp.label_propagation(graph, y, alpha=0.5, tol=1e-6, solver="cg")
     with warnings.catch_warnings():
@@ -385,14 +390,7 @@ def test_inference_mode_graphs_are_checked_every_call():
 
 
 def test_cg_is_silent_below_one_percent_of_unresolved_rows(monkeypatch):
-    w = np.zeros((20, 20))
-    w[:10, :10] = 1
-    w[10:, 10:] = 1
-    w[9, 10] = w[10, 9] = 1e-12
-    np.fill_diagonal(w, 0)
-    y = torch.zeros(20, 2, dtype=torch.float64)
-    y[0, 0] = y[1, 1] = 1
-    graph = gp.Graph.from_dense(torch.from_numpy(w))
+    graph, y = two_clusters()
     monkeypatch.setattr(_propagation, "UNRESOLVED_ROWS_WARN", 0.5)  # 10 of 20 is not more than half
     with warnings.catch_warnings():
         warnings.simplefilter("error")
