@@ -189,7 +189,9 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
     tol = check_range("tol", tol, low=0.0)
     max_iter = check_positive_int("max_iter", max_iter)
     solver = check_choice("solver", solver, SOLVERS)
-    symmetric = _is_symmetric(graph)
+    # only what needs it pays for the exact check: "auto" and "cg" (on a Graph, cached), and
+    # the grid operator (rows = receiving pixels); fixed_point / direct on a Graph never read it
+    symmetric = _is_symmetric(graph) if solver in ("auto", "cg") or isinstance(graph, GridGraph) else False
     if solver == "auto":
         solver = _auto_solver(graph, symmetric)
     if solver == "direct" and graph.num_nodes > DIRECT_MAX_NODES:
