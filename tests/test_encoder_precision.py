@@ -284,11 +284,11 @@ def test_create_passes_precision_on_and_checks_it(tiny_clip_configs):
 
 def test_from_pretrained_precision(tiny_clip_configs):
     vlm, vm = f"open_clip:{tiny_clip_configs[0]}", "timm:vit_small_patch16_224.dino"
-    model = LPOSS.from_pretrained(vlm, vm, random_init=True, device="cpu", precision="bf16")
+    model = LPOSS.from_pretrained(vlm, vm, random_init=True, device="cpu", precision="bf16")  # offline: random weights
     assert model.vlm.precision == model.vm.precision == "bf16"
-    assert LPOSS.from_pretrained(vlm, vm, random_init=True, device="cpu").vm.precision == "fp32"
+    assert LPOSS.from_pretrained(vlm, vm, random_init=True, device="cpu").vm.precision == "fp32"  # offline
     with pytest.raises(ValueError, match="precision='fp16' needs a CUDA device"):
-        LPOSS.from_pretrained(vlm, vm, random_init=True, device="cpu", precision="fp16")
+        LPOSS.from_pretrained(vlm, vm, random_init=True, device="cpu", precision="fp16")  # offline: random weights
 
 
 def test_fp32_leaves_encoders_without_the_option_alone():
@@ -306,7 +306,7 @@ def test_fp32_leaves_encoders_without_the_option_alone():
             raise NotImplementedError
 
     encoders.register("plain-precision-test", Plain, overwrite=True)
-    model = LPOSS.from_pretrained("plain-precision-test:a", "plain-precision-test:b", device="cpu")
+    model = LPOSS.from_pretrained("plain-precision-test:a", "plain-precision-test:b", device="cpu")  # offline fake
     assert isinstance(model.vlm, Plain) and isinstance(model.vm, Plain)
 
 
