@@ -473,3 +473,36 @@ def test_other_patch_sizes_and_pos_embedding_resizing():
     features = encoder.dense_features(torch.rand(1, 3, 256, 170))
     assert features.shape == (1, 8, 6, 512)
     torch.testing.assert_close(features.norm(dim=-1), torch.ones(1, 8, 6))
+
+
+# --------------------------------------------------------------------------------------------- shared pieces
+def test_repr_names_model_weights_options_device_and_precision(tiny_clip_configs):
+    clip = tiny_clip(tiny_clip_configs)
+    dino = TimmViTEncoder(pretrained=None, device="cpu", feature="k", **SMALL_DINO)
+    assert repr(clip) == (f"OpenCLIPEncoder(model={tiny_clip_configs[0]!r}, weights='random weights', "
+                          f"templates={len(TEMPLATES)}, device='cpu', precision='fp32')")
+    assert repr(dino) == ("TimmViTEncoder(model='vit_small_patch16_224.dino', weights='random weights', "
+                          "feature='k', device='cpu', precision='fp32')")
+
+
+def test_require_imports_an_optional_dependency_or_names_its_extra(tmp_path, monkeypatch):
+    from encoders._optional import MissingDependencyError, require
+
+    assert require("json.decoder", feature="reading settings").__name__ == "json.decoder"
+    with pytest.raises(MissingDependencyError) as error:
+        require("lposs_no_such_module", feature='resize="opencv"', extra="opencv", package="opencv-python-headless")
+    message = str(error.value)
+    assert isinstance(error.value, ImportError) and "\n" not in message
+    assert message.startswith('resize="opencv" needs opencv-python-headless, an optional dependency: ')
+    assert 'pip install opencv-python-headless (or pip install "lposs[opencv]"' in message
+    assert 'pip install -e ".[opencv]"' in message
+    with pytest.raises(ImportError, match=r"^the thing needs lposs_no_such_module, an optional dependency: "
+                                          r"pip install lposs_no_such_module$"):
+        require("lposs_no_such_module.sub", feature="the thing")
+    # installed, but one of its own dependencies is missing: that module is named too
+    (tmp_path / "lposs_broken_module.py").write_text("import lposs_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match=r"needs lposs_broken_module, an optional dependency "
+                                          r"\(No module named 'lposs_missing_dependency'\): "
+                                          r'pip install lposs_broken_module \(or pip install "lposs\[demo\]"'):
+        require("lposs_broken_module", feature="the demo", extra="demo")
