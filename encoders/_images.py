@@ -9,7 +9,27 @@ import torch.nn.functional as F
 
 
 def check_images(images: object, name: str = "images") -> torch.Tensor:
-    """Validate a batch of images: a (B, 3, H, W) floating tensor with values in [0, 1]."""
+    """Validate a batch of images: a (B, 3, H, W) floating tensor with values in [0, 1].
+
+    Parameters
+    ----------
+    images : object
+        What was passed.
+    name : str
+        The argument's name, for the messages.
+
+    Returns
+    -------
+    (B, 3, H, W) float tensor
+        ``images`` itself.
+
+    Raises
+    ------
+    TypeError
+        For something other than a floating tensor.
+    ValueError
+        For a wrong shape, an empty batch or image, or values outside [0, 1] (NaN included).
+    """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
@@ -34,10 +54,22 @@ def pad_and_normalize(
     std: Sequence[float],
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Pad (B, 3, H, W) images with black to a multiple of ``patch_size``, then normalise.
+    """Pad images with black to a multiple of ``patch_size``, then normalise.
 
     As the published pipeline: black (0 in [0, 1]) is added at the bottom/right **before** the
     per-channel ``(x - mean) / std``, so padded pixels become ``-mean / std``.
+
+    Parameters
+    ----------
+    images : (B, 3, H, W) float tensor, RGB in [0, 1]
+    patch_size : int
+    mean, std : sequences of 3 floats
+    dtype : torch.dtype
+        The dtype of the result (the encoder's precision).
+
+    Returns
+    -------
+    (B, 3, ceil(H / p) * p, ceil(W / p) * p) tensor of ``dtype`` on the images' device.
     """
     height, width = images.shape[-2:]
     pad_h = -height % patch_size
@@ -62,8 +94,20 @@ def dense_in_chunks(
 ) -> torch.Tensor:
     """Check images, then run ``forward`` on padded, normalised chunks of ``batch_size``.
 
-    ``forward`` maps a (b, 3, H', W') normalised batch on ``device`` (H', W' multiples of the
-    patch) to (b, h, w, D); the result is float32 on the images' device.
+    Parameters
+    ----------
+    images : (B, 3, H, W) float tensor, RGB in [0, 1]
+    forward : callable
+        (b, 3, H', W') normalised batch on ``device`` in ``dtype`` (H', W' multiples of the
+        patch) -> (b, h, w, D).
+    batch_size, patch_size : int
+    mean, std : sequences of 3 floats
+    device : torch.device
+    dtype : torch.dtype
+
+    Returns
+    -------
+    (B, h, w, D) float32 tensor on the images' device.
     """
     images = check_images(images)
     out = []
@@ -74,13 +118,38 @@ def dense_in_chunks(
 
 
 def chunks(batch: int, size: int) -> Iterator[slice]:
-    """Slices of ``range(batch)`` of at most ``size`` items."""
+    """Slices of ``range(batch)`` of at most ``size`` items.
+
+    Parameters
+    ----------
+    batch, size : int
+
+    Yields
+    ------
+    slice
+        ``slice(0, size)``, ``slice(size, 2 * size)``, ..., the last one cut at ``batch``.
+    """
     for start in range(0, batch, size):
         yield slice(start, min(start + size, batch))
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
+    """The device an encoder runs on.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None`` means CUDA when available, else CPU.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        For a CUDA device where CUDA is not available.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -90,6 +159,23 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
+    """``batch_size`` if it is a positive integer (not a bool).
+
+    Parameters
+    ----------
+    batch_size : int
+    name : str
+        The argument's name, for the message.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        Otherwise, naming the argument.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{name} must be a positive integer, got {batch_size!r}")
     return batch_size

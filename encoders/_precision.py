@@ -20,8 +20,25 @@ _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def check_precision(precision: object, device: torch.device | str | None = None) -> str:
-    """``precision`` if it is one of :data:`PRECISIONS` (and, given a ``device``, runs there: fp16
-    needs CUDA), else a one-line ``ValueError``."""
+    """Check a ``precision`` option.
+
+    Parameters
+    ----------
+    precision : object
+        One of :data:`PRECISIONS`: ``"fp32"``, ``"bf16"``, ``"fp16"``.
+    device : str or torch.device, optional
+        Given, the precision must run there (fp16 needs CUDA).
+
+    Returns
+    -------
+    str
+        ``precision``.
+
+    Raises
+    ------
+    ValueError
+        One line, for an unknown precision or fp16 off CUDA.
+    """
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
@@ -38,10 +55,26 @@ def resolve_precision(precision: str, half: bool, device: torch.device) -> tuple
     precision : {"fp32", "bf16", "fp16"}
     half : bool
         The deprecated alias of ``precision="fp16"`` (a ``DeprecationWarning``).
-    device : the encoder's device
+    device : torch.device
+        The encoder's device.
 
-    Raises ``ValueError`` for an unknown precision, ``half=True`` with another precision than
-    fp16, or fp16 off CUDA. bf16 where the hardware has no bf16 units warns that it is slow.
+    Returns
+    -------
+    precision : str
+    dtype : torch.dtype
+
+    Raises
+    ------
+    ValueError
+        For an unknown precision, ``half=True`` with another precision than fp16, or fp16 off
+        CUDA.
+
+    Warns
+    -----
+    DeprecationWarning
+        For ``half=True``.
+    UserWarning
+        For bf16 where the hardware has no bf16 units (it is emulated, slower than fp32).
     """
     check_precision(precision)
     if half:
@@ -73,9 +106,14 @@ def _warn_if_slow_bf16(device: torch.device) -> None:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool | None:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16, AMX-BF16, Arm BF16); None if unknown.
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16, AMX-BF16, Arm BF16).
 
     Read from ``/proc/cpuinfo`` (Linux) or ``sysctl`` (macOS), once per process.
+
+    Returns
+    -------
+    bool or None
+        ``None`` when it cannot be told.
     """
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -91,8 +129,18 @@ def cpu_has_bf16() -> bool | None:
 
 
 def probe_cpu_bf16(cpuinfo: Path) -> bool | None:
-    """Whether a ``/proc/cpuinfo`` file lists a bf16 unit among its ``flags`` (x86) or ``Features``
-    (Arm); None when it lists no flags at all."""
+    """Whether a ``/proc/cpuinfo`` file lists a bf16 unit among its ``flags`` (x86) or ``Features`` (Arm).
+
+    Parameters
+    ----------
+    cpuinfo : Path
+        A file in ``/proc/cpuinfo``'s format.
+
+    Returns
+    -------
+    bool or None
+        ``None`` when it lists no flags at all.
+    """
     flags: set[str] = set()
     for line in cpuinfo.read_text(errors="replace").splitlines():
         key, _, value = line.partition(":")

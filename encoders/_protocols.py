@@ -33,10 +33,21 @@ class TextEmbeddings:
 
     @property
     def num_classes(self) -> int:
+        """How many classes (not synonyms): ``len(class_names)``."""
         return len(self.class_names)
 
     def to(self, device: torch.device | str) -> TextEmbeddings:
-        """The same embeddings on another device."""
+        """The same embeddings on another device.
+
+        Parameters
+        ----------
+        device : str or torch.device
+
+        Returns
+        -------
+        TextEmbeddings
+            ``embeddings`` and ``class_index`` moved; the names shared.
+        """
         return TextEmbeddings(
             self.embeddings.to(device), self.class_index.to(device), self.class_names, self.synonyms
         )
@@ -74,9 +85,30 @@ class VisionLanguageEncoder(Protocol):
     patch_size: int
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> (B, h, w, D) L2-normalised patch features in the text space."""
+        """Patch features in the text space.
+
+        Parameters
+        ----------
+        images : (B, 3, H, W) float tensor, RGB in [0, 1]
+
+        Returns
+        -------
+        (B, h, w, D) float tensor, L2-normalised, comparable with :meth:`encode_text`'s
+        embeddings (same ``D``).
+        """
         ...
 
     def encode_text(self, class_names: Sequence[str]) -> TextEmbeddings:
-        """Embed a class list; ``;`` separates synonyms of one class."""
+        """Embed a class list.
+
+        Parameters
+        ----------
+        class_names : sequence of str
+            ``;`` separates synonyms of one class.
+
+        Returns
+        -------
+        TextEmbeddings
+            (E, D) L2-normalised embeddings, one per synonym, with the class of each.
+        """
         ...

@@ -17,9 +17,32 @@ _FACTORIES: dict[str, Factory] = {}
 def register(name: str, factory: Factory | None = None, *, overwrite: bool = False):
     """Make an encoder available to :func:`create` (and the command line) under a prefix.
 
-    The factory is called as ``factory(model, pretrained=weights, **kwargs)`` for the spec
-    ``"name:model@weights"``, and as ``factory(model, **kwargs)`` when the spec has no ``@``
-    part. Use it as a decorator or call it directly::
+    Parameters
+    ----------
+    name : str
+        The spec prefix: a non-empty word without ``:``, ``@`` or spaces.
+    factory : callable, optional
+        Called as ``factory(model, pretrained=weights, **kwargs)`` for the spec
+        ``"name:model@weights"``, and as ``factory(model, **kwargs)`` when the spec has no ``@``
+        part. Omitted, ``register`` returns a decorator.
+    overwrite : bool
+        Replace a factory already registered under ``name``.
+
+    Returns
+    -------
+    callable
+        ``factory`` (or, without it, the decorator that registers and returns its argument).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is taken by another factory (unless ``overwrite=True``) or not a plain word.
+    TypeError
+        If the factory is not callable.
+
+    Examples
+    --------
+    Use it as a decorator or call it directly::
 
         @encoders.register("mine")
         class MyEncoder:                      # no base class needed: implement the protocol
@@ -28,8 +51,6 @@ def register(name: str, factory: Factory | None = None, *, overwrite: bool = Fal
             def dense_features(self, images): ...
 
         encoders.create("mine:small@/weights/small.pt")
-
-    Raises ``ValueError`` if ``name`` is taken (unless ``overwrite=True``) or not a plain word.
     """
     if not isinstance(name, str) or not name or any(c in name for c in ":@ "):
         raise ValueError(f"encoder name must be a non-empty string without ':', '@' or spaces, got {name!r}")
@@ -46,12 +67,37 @@ def register(name: str, factory: Factory | None = None, *, overwrite: bool = Fal
 
 
 def registered() -> list[str]:
-    """The registered encoder prefixes, e.g. ``["open_clip", "timm"]``."""
+    """The registered encoder prefixes.
+
+    Returns
+    -------
+    list of str
+        Sorted, e.g. ``["open_clip", "timm"]``.
+    """
     return sorted(_FACTORIES)
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
-    """``"prefix:model@weights"`` -> ``(prefix, model, weights or None)``."""
+    """Split an encoder spec.
+
+    Parameters
+    ----------
+    spec : str
+        ``"prefix:model@weights"`` or ``"prefix:model"``.
+
+    Returns
+    -------
+    prefix, model : str
+    weights : str or None
+        ``None`` when the spec has no ``@`` part.
+
+    Raises
+    ------
+    TypeError
+        For a spec that is not a string.
+    ValueError
+        For a spec without a prefix, without a model, or with an empty ``@`` part.
+    """
     if not isinstance(spec, str):
         raise TypeError("an encoder spec must be a string such as 'open_clip:ViT-B-16@laion2b_s34b_b88k', "
                         f"got {spec!r}")
@@ -87,6 +133,17 @@ def create(spec: str | Any, *, precision: str | None = None, **kwargs: Any) -> A
     **kwargs
         Passed to the encoder's constructor (``device=...``, ``pretrained=None`` for random
         weights, which overrides the spec's ``@`` part, ...).
+
+    Returns
+    -------
+    encoder
+        What the registered factory builds (or ``spec`` itself for an encoder object).
+
+    Raises
+    ------
+    ValueError
+        For a bad spec, an unknown prefix, an unknown precision, or a precision that an encoder
+        object given does not run in.
     """
     if precision is not None:
         check_precision(precision)

@@ -21,12 +21,20 @@ class RandomInitWarning(UserWarning):
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """``kind`` is ``"random"``, ``"file"`` or ``"hub"``; ``value`` the file path or the hub tag."""
+    """Where an encoder's weights come from.
+
+    Attributes
+    ----------
+    kind : {"random", "file", "hub"}
+    value : str or None
+        The file path (``"file"``) or the hub tag (``"hub"``; ``None`` for the default weights).
+    """
 
     kind: str
     value: str | None = None
 
     def describe(self) -> str:
+        """A short phrase for messages and ``repr``: ``"random weights"``, ``"local file /w.pt"``, ..."""
         if self.kind == "random":
             return "random weights"
         if self.kind == "file":
@@ -35,8 +43,26 @@ class WeightsSource:
 
 
 def weights_source(pretrained: object, name: str = "pretrained") -> WeightsSource:
-    """Classify a ``pretrained`` argument: ``None``/``False`` random, ``True`` the hub default,
-    a path to a file (or anything that looks like one), or a hub tag."""
+    """Classify a ``pretrained`` argument.
+
+    Parameters
+    ----------
+    pretrained : None, bool, str or path
+        ``None``/``False``: random weights; ``True``: the hub default; a path to a file (or
+        anything that looks like one: a separator, a leading ``.``/``~``, a checkpoint suffix,
+        an existing path); any other string: a hub tag.
+    name : str
+        The argument's name, for the message.
+
+    Returns
+    -------
+    WeightsSource
+
+    Raises
+    ------
+    TypeError
+        For anything else (an empty string included).
+    """
     if pretrained is None or pretrained is False:
         return WeightsSource("random")
     if pretrained is True:
@@ -58,7 +84,19 @@ def weights_source(pretrained: object, name: str = "pretrained") -> WeightsSourc
 
 
 def check_file(source: WeightsSource, library: str, model: str, spec_prefix: str) -> None:
-    """Raise a clear error when a local checkpoint file does not exist."""
+    """Raise a clear error when a local checkpoint file does not exist.
+
+    Parameters
+    ----------
+    source : WeightsSource
+    library, model, spec_prefix : str
+        For the message (``"open_clip"``, the model name, the spec prefix to suggest).
+
+    Raises
+    ------
+    WeightsUnavailableError
+        When ``source`` is a file that does not exist.
+    """
     # a "file" source always carries its path (weights_source builds it so)
     if source.kind == "file" and not Path(cast(str, source.value)).is_file():
         raise WeightsUnavailableError(
@@ -69,6 +107,7 @@ def check_file(source: WeightsSource, library: str, model: str, spec_prefix: str
 
 
 def warn_random(library: str, model: str) -> None:
+    """Emit a :class:`RandomInitWarning` for ``model`` of ``library`` (at the caller's caller)."""
     warnings.warn(
         f"{library} model {model!r} is built with random weights (pretrained=None): "
         "its outputs are meaningless except for tests and timing",
@@ -79,7 +118,24 @@ def warn_random(library: str, model: str) -> None:
 
 def unavailable(library: str, model: str, source: WeightsSource, tried: str, error: BaseException,
                 spec_prefix: str) -> WeightsUnavailableError:
-    """One clear error for weights that could not be loaded, naming what was tried and what to do."""
+    """One clear error for weights that could not be loaded, naming what was tried and what to do.
+
+    Parameters
+    ----------
+    library, model : str
+    source : WeightsSource
+    tried : str
+        What was tried (``"the Hugging Face Hub (timm/...)"``, ``"loading /w.pt"``).
+    error : BaseException
+        The library's own error, cut to 300 characters in the message.
+    spec_prefix : str
+        The spec prefix to suggest in the advice.
+
+    Returns
+    -------
+    WeightsUnavailableError
+        To be raised by the caller (``raise ... from None``).
+    """
     cause = " ".join(str(error).split()) or type(error).__name__
     if len(cause) > 300:
         cause = cause[:297] + "..."
