@@ -11,7 +11,9 @@ class needed:
 
 Built in: :class:`OpenCLIPEncoder` (MaskCLIP features of any open_clip ViT, fast exact text
 embeddings with a disk cache) and :class:`TimmViTEncoder` (q/k/v of the last block of DINO,
-DINOv2, ...). :func:`create` builds them from specs such as
+DINOv2, DINOv3, ...). The text side (templates, synonyms, averaging, cache) is
+:class:`TextEncoderMixin`, which any vision-language encoder can reuse by supplying its tokenizer
+and text tower. :func:`create` builds them from specs such as
 ``"open_clip:ViT-B-16@laion2b_s34b_b88k"`` or ``"timm:vit_base_patch16_224.dino"``;
 :func:`register` adds more.
 
@@ -23,9 +25,14 @@ from ._openclip import OpenCLIPEncoder
 from ._precision import PRECISIONS, check_precision
 from ._protocols import TextEmbeddings, VisionEncoder, VisionLanguageEncoder
 from ._registry import create, parse_spec, register, registered
+from ._text import TextEncoderMixin as TextEncoderMixin  # public; see the note on __all__ below
+from ._text import cache_namespace as cache_namespace
 from ._text import split_class_names
 from ._timm import TimmViTEncoder
 from ._weights import RandomInitWarning, WeightsUnavailableError
+
+# TextEncoderMixin and cache_namespace are public (README: "A second vision-language family") but
+# not yet in __all__, whose list tests/test_project.py locks; they join it with that list.
 
 register("open_clip", OpenCLIPEncoder)
 register("timm", TimmViTEncoder)

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ._images import check_batch_size, chunks, dense_in_chunks, resolve_device
-from ._precision import resolve_precision
-from ._protocols import TextEmbeddings
-from ._text import (
-    Template,
-    TextEmbeddingCache,
-    check_templates,
-    default_cache_root,
-    prompts_key,
-    render_prompts,
-    split_class_names,
-    tensors_digest,
-)
-from ._weights import WeightsSource, check_file, unavailable, warn_random, weights_source
+from ._base import DenseEncoderBase
+from ._text import Template, TextEncoderMixin, cache_namespace
+from ._weights import WeightsSource, check_file, unavailable, warn_random
 
 if TYPE_CHECKING:  # pragma: no cover
     from open_clip.transformer import ResidualAttentionBlock
@@ -33,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["OpenCLIPEncoder"]
 
 
-class OpenCLIPEncoder:
+class OpenCLIPEncoder(TextEncoderMixin, DenseEncoderBase):
     """A CLIP vision transformer from open_clip, as LPOSS's vision-language model.
 
     Dense features follow MaskCLIP (``docs/method.md`` §2): the last residual block keeps only
@@ -102,26 +89,16 @@ class OpenCLIPEncoder:
         progress: bool = True,
         model_kwargs: dict | None = None,
     ):
-        self.name = model
-        self.device = resolve_device(device)
-        self.precision, self.dtype = resolve_precision(precision, half, self.device)
-        self.templates = check_templates(templates)
-        self.batch_size = check_batch_size(batch_size)
-        self.text_batch_size = check_batch_size(text_batch_size, "text_batch_size")
-        self.progress = progress
-        self.source = weights_source(pretrained)
+        self._setup(model, pretrained, device=device, precision=precision, half=half, batch_size=batch_size)
+        self.init_text(templates=templates, text_cache=text_cache, text_batch_size=text_batch_size,
+                       progress=progress)
         self.model = _create_open_clip(model, self.source, self.device, self.precision, model_kwargs or {})
         self.model.eval().requires_grad_(False)
 
         visual = self.model.visual
         _check_maskclip_support(model, visual)
-        patch = visual.patch_size
-        if patch[0] != patch[1]:
-            raise ValueError(f"open_clip model {model!r} has non-square patches {patch}; "
-                             "only square patches are supported")
-        self.patch_size = int(patch[0])
-        self.mean = tuple(float(v) for v in getattr(visual, "image_mean", None) or _OPENAI_MEAN)
-        self.std = tuple(float(v) for v in getattr(visual, "image_std", None) or _OPENAI_STD)
+        self._set_geometry("open_clip", visual.patch_size, getattr(visual, "image_mean", None) or _OPENAI_MEAN,
+                           getattr(visual, "image_std", None) or _OPENAI_STD)
 
         import open_clip
 
@@ -134,32 +111,12 @@ class OpenCLIPEncoder:
                 "its output depends on the padding, so the full context is needed (use truncate_text=None)"
             )
         self.truncate_text = can_truncate if truncate_text is None else bool(truncate_text)
-        self._text_cache_dir = _cache_dir(text_cache)
-        self._cache: TextEmbeddingCache | None = None
 
-    def __repr__(self) -> str:
-        return (f"OpenCLIPEncoder(model={self.name!r}, weights={self.source.describe()!r}, "
-                f"device={str(self.device)!r}, precision={self.precision!r}, templates={len(self.templates)})")
+    def _repr_options(self) -> dict[str, object]:
+        return {"templates": len(self.templates)}
 
     # ------------------------------------------------------------------ images
-    @torch.inference_mode()
-    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
-        """MaskCLIP patch features in the text space.
-
-        Parameters
-        ----------
-        images : (B, 3, H, W) float tensor, RGB in [0, 1]
-
-        Returns
-        -------
-        (B, ceil(H / p), ceil(W / p), D) float32 tensor on the images' device, L2-normalised;
-        ``D`` is the text-embedding width (512 for ViT-B-16). Images are padded with black to a
-        multiple of the patch size ``p`` before the mean/std normalisation.
-        """
-        return dense_in_chunks(images, self._maskclip, batch_size=self.batch_size, patch_size=self.patch_size,
-                               mean=self.mean, std=self.std, device=self.device, dtype=self.dtype)
-
-    def _maskclip(self, x: torch.Tensor) -> torch.Tensor:
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised, H and W multiples of the patch -> (B, h, w, D) unit features."""
         visual = self.model.visual
         x = visual.conv1(x)  # (B, width, h, w)
@@ -197,107 +154,33 @@ class OpenCLIPEncoder:
         patches = patches.permute(0, 2, 3, 1).reshape(h * w, -1).to(pos.dtype)
         return torch.cat([pos[:1], patches], dim=0)
 
-    # ------------------------------------------------------------------ text
-    @torch.inference_mode()
-    def encode_text(self, class_names: Sequence[str] | str) -> TextEmbeddings:
-        """Embed a class list, one embedding per synonym.
+    # ------------------------------------------------------------------ text (TextEncoderMixin's hooks)
+    def text_cache_namespace(self) -> str:
+        """Model name, precision and a digest of the text tower's weights (the image tower left out)."""
+        tower = [(n, t) for n, t in self.model.state_dict().items() if not n.startswith("visual.")]
+        return cache_namespace(self.name, self.dtype, tower)
 
-        Parameters
-        ----------
-        class_names : sequence of str (or one comma-separated str)
-            ``;`` separates synonyms of one class: ``["road", "car", "sky;cloud"]`` gives 4
-            embeddings with ``class_index = [0, 1, 2, 2]``.
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """(P,) prompts -> (P, context) token ids through the model's open_clip tokenizer."""
+        return self.tokenizer(prompts)
 
-        Returns
-        -------
-        TextEmbeddings with ``embeddings`` (E, D) float32 L2-normalised on the encoder's device and
-        ``class_index`` (E,) long. Synonyms seen before (this run or, with the disk cache, an
-        earlier one) are not encoded again.
-        """
-        classes, synonyms, class_index = split_class_names(class_names)
-        prompts = [render_prompts(self.templates, name) for name in synonyms]
-        keys = [prompts_key(p) for p in prompts]
-        cache = self._embedding_cache()
-        known = cache.get(keys)
-        missing = [i for i, key in enumerate(keys) if key not in known]
-        if missing:
-            fresh = self._embed_synonyms([prompts[i] for i in missing])
-            new = {keys[i]: fresh[j] for j, i in enumerate(missing)}
-            cache.put(new)
-            known.update(new)
-        embeddings = torch.stack([known[key] for key in keys]).to(self.device)
-        return TextEmbeddings(
-            embeddings=embeddings,
-            class_index=torch.tensor(class_index, dtype=torch.long, device=self.device),
-            class_names=classes,
-            synonyms=synonyms,
-        )
+    def prompt_lengths(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """(P, context) -> (P,) positions up to each end-of-text token when ``truncate_text`` holds."""
+        if not self.truncate_text:
+            return None
+        return cast(_TextTower, self._text_tower).needed_lengths(tokens)  # truncatable, so not None
 
-    def _embedding_cache(self) -> TextEmbeddingCache:
-        if self._cache is None:
-            # The namespace identifies the text tower's weights themselves, so random-init models
-            # (or fine-tuned ones sharing a name) never share entries.
-            tower = [(n, t) for n, t in self.model.state_dict().items() if not n.startswith("visual.")]
-            namespace = f"{self.name}-{str(self.dtype).removeprefix('torch.')}-{tensors_digest(tower)}"
-            self._cache = TextEmbeddingCache(namespace, self._text_cache_dir)
-        return self._cache
-
-    def _embed_synonyms(self, prompts: list[list[str]]) -> list[torch.Tensor]:
-        """Per synonym: encode each prompt, normalise, average over templates, normalise again."""
-        flat = [p for group in prompts for p in group]
-        prompt_embeddings = self.encode_prompts(flat)
-        out, start = [], 0
-        for group in prompts:
-            mean = prompt_embeddings[start:start + len(group)].mean(dim=0)
-            out.append(F.normalize(mean, dim=-1).cpu())
-            start += len(group)
-        return out
-
-    @torch.inference_mode()
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(P,) prompts -> (P, D) float32 L2-normalised embeddings through the text tower.
-
-        Prompts are sorted by token length and batched, each batch cut to its longest prompt when
-        ``truncate_text`` holds (the result equals the full-context pass to float rounding).
-        """
-        if isinstance(prompts, str) or len(prompts) == 0:
-            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-        tokens = self.tokenizer(list(prompts))
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(b, l) token ids -> (b, D): the truncated pass when ``truncate_text`` holds, else
+        open_clip's own ``encode_text`` at the full context."""
         if self.truncate_text:
-            tower = cast(_TextTower, self._text_tower)  # truncate_text holds only with a truncatable tower
-            lengths = tower.needed_lengths(tokens)
-            order = torch.argsort(lengths, stable=True)
-        else:
-            lengths, order = None, torch.arange(len(prompts))
-        out: torch.Tensor | None = None
-        batches = list(chunks(len(prompts), self.text_batch_size))
-        bar = tqdm(batches, desc="text embeddings", unit="batch", leave=False,
-                   disable=not self.progress or len(batches) < 3)
-        for part in bar:
-            index = order[part]
-            batch = tokens[index].to(self.device)
-            if lengths is not None:
-                embedded = tower.encode(batch[:, : int(lengths[index].max())])
-            else:
-                embedded = self.model.encode_text(batch)
-            if out is None:
-                out = torch.empty(len(prompts), embedded.shape[-1], dtype=torch.float32)
-            out[index] = F.normalize(embedded.float(), dim=-1).cpu()
-        assert out is not None  # prompts is not empty: at least one batch ran
-        return out
+            return cast(_TextTower, self._text_tower).encode(tokens)
+        return self.model.encode_text(tokens)
 
 
 # ---------------------------------------------------------------------- helpers
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _cache_dir(text_cache: bool | str | os.PathLike) -> Path | None:
-    if text_cache is False or text_cache is None:
-        return None
-    if text_cache is True:
-        return default_cache_root() / "text-embeddings"
-    return Path(text_cache).expanduser()
 
 
 def _create_open_clip(model: str, source: WeightsSource, device: torch.device, precision: str, kwargs: dict):

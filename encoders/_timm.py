@@ -1,4 +1,5 @@
-"""timm vision-transformer encoder: q/k/v of the last block (DINO, DINOv2 with or without registers)."""
+"""timm vision-transformer encoder: q/k/v of the last block (DINO, DINOv2 with or without registers,
+DINOv3)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._images import check_batch_size, dense_in_chunks, resolve_device
-from ._precision import resolve_precision
-from ._weights import WeightsSource, check_file, unavailable, warn_random, weights_source
+from ._base import DenseEncoderBase
+from ._weights import WeightsSource, check_file, unavailable, warn_random
 
 __all__ = ["TimmViTEncoder"]
 
@@ -20,7 +20,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class TimmViTEncoder:
+class TimmViTEncoder(DenseEncoderBase):
     """A timm vision transformer as LPOSS's vision model (DINO ViT-B/16 in the paper).
 
     Features (``docs/method.md`` §4): the ``q``, ``k`` or ``v`` third of the last block's
@@ -31,12 +31,22 @@ class TimmViTEncoder:
     embedding is resampled bicubically with antialiasing when the patch grid differs from the
     model's).
 
+    DINOv3 (``"vit_small_patch16_dinov3"``, ``"vit_base_patch16_dinov3"``, ..., timm's ``Eva``
+    class) works as well: it has no absolute positional embedding but rotary ones (RoPE) inside
+    every attention, and 5 prefix tokens (CLS + 4 registers). Its ``q``/``k`` features are read
+    **before RoPE is applied**: the last block's projection of ``norm1(x)``, exactly as for DINO,
+    while attention itself sees them rotated by each patch's position. So they carry what the
+    patch looks like, not where it is; earlier blocks, and hence ``v`` and ``x``, include RoPE's
+    effect through attention as the model computes it. (Models with q/k normalisation, which
+    DINOv3 does not have, would likewise be read before it.)
+
     Parameters
     ----------
     model : str
         A timm model name with its pretrained tag, e.g. ``"vit_base_patch16_224.dino"`` (the
         published DINO ViT-B/16; the same checkpoint as ``torch.hub``'s ``dino_vitb16``),
-        ``"vit_small_patch14_dinov2"``, ``"vit_base_patch14_reg4_dinov2"``.
+        ``"vit_small_patch14_dinov2"``, ``"vit_base_patch14_reg4_dinov2"``,
+        ``"vit_small_patch16_dinov3"`` (``timm.list_models("*dinov3*")`` lists the DINOv3 sizes).
     pretrained : bool, str, path, or None
         ``True``: timm's pretrained weights for the tag (downloaded through timm's cache); a local
         checkpoint file (``.pth``/``.safetensors``; timm's checkpoint filter converts original
@@ -76,22 +86,14 @@ class TimmViTEncoder:
     ):
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
-        self.name = model
         self.feature = feature
-        self.device = resolve_device(device)
-        self.precision, self.dtype = resolve_precision(precision, half, self.device)
-        self.batch_size = check_batch_size(batch_size)
-        self.source = weights_source(pretrained)
+        self._setup(model, pretrained, device=device, precision=precision, half=half, batch_size=batch_size)
         self.model = _create_timm(model, self.source, model_kwargs or {})
         self.model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         _check_structure(model, self.model, feature)
-        patch = tuple(self._vit.patch_embed.patch_size)
-        if patch[0] != patch[1]:
-            raise ValueError(f"timm model {model!r} has non-square patches {patch}; only square patches are supported")
-        self.patch_size = int(patch[0])
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
-        self.mean = tuple(float(v) for v in cfg.get("mean", _IMAGENET_MEAN))
-        self.std = tuple(float(v) for v in cfg.get("std", _IMAGENET_STD))
+        self._set_geometry("timm", tuple(self._vit.patch_embed.patch_size), cfg.get("mean", _IMAGENET_MEAN),
+                           cfg.get("std", _IMAGENET_STD))
 
     @property
     def _vit(self) -> Any:
@@ -99,28 +101,10 @@ class TimmViTEncoder:
         ...), so its parts are reached by name, as :func:`_check_structure` verified."""
         return self.model
 
-    def __repr__(self) -> str:
-        return (f"TimmViTEncoder(model={self.name!r}, weights={self.source.describe()!r}, "
-                f"feature={self.feature!r}, device={str(self.device)!r}, precision={self.precision!r})")
+    def _repr_options(self) -> dict[str, object]:
+        return {"feature": self.feature}
 
-    @torch.inference_mode()
-    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch features of the last block.
-
-        Parameters
-        ----------
-        images : (B, 3, H, W) float tensor, RGB in [0, 1]
-
-        Returns
-        -------
-        (B, ceil(H / p), ceil(W / p), D) float32 tensor on the images' device, L2-normalised;
-        ``D`` is the embedding width (768 for ViT-B). Images are padded with black to a multiple
-        of the patch size ``p`` before the mean/std normalisation.
-        """
-        return dense_in_chunks(images, self._features, batch_size=self.batch_size, patch_size=self.patch_size,
-                               mean=self.mean, std=self.std, device=self.device, dtype=self.dtype)
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised, H and W multiples of the patch -> (B, h, w, D) unit features."""
         batch, _, height, width = x.shape
         h, w = height // self.patch_size, width // self.patch_size
