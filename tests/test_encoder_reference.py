@@ -436,3 +436,124 @@ def test_timm_reference_is_discriminating(dinov2_reg_s3):
     out = _dense(enc, images)
     wrong = reference_timm(enc.model, images, "x", pos_antialias=False)
     assert (out.double() - wrong).abs().max().item() > 100 * TOL
+
+
+# --------------------------------------------------------------------------------------------
+# timm DINOv3 (Eva with rotary position embeddings)
+# --------------------------------------------------------------------------------------------
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] over the last dimension (the half-split rotation DINOv3 uses)."""
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def _rope(t: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """RoPE on the patch tokens of (B, heads, N, hd); the prefix tokens are left as they are."""
+    patches = t[:, :, n_prefix:]
+    return torch.cat([t[:, :, :n_prefix], patches * cos + _rotate_half(patches) * sin], dim=2)
+
+
+def reference_dinov3(model, images: torch.Tensor, feature: str, rope_on_last: bool = False) -> torch.Tensor:
+    """Dense features of the last block of a timm DINOv3 (``Eva``), from its weights only.
+
+    No positional embedding is added; every block's attention rotates q and k of the patch tokens
+    by RoPE, ``t * cos + rotate_half(t) * sin``, with the sin/cos table read from the model's
+    ``rope.get_embed`` for the patch grid (configuration, like the DINO positional embedding).
+    The q/k/v features are the last block's ``qkv`` projection of ``norm1(x)`` **before** RoPE
+    (``rope_on_last=True`` applies it, to show the difference). Layer scale is ``gamma_1/2``.
+    """
+    sd = _double_state(model)
+    p = int(sd["patch_embed.proj.weight"].shape[-1])
+    n_prefix = int(model.num_prefix_tokens)
+    x, h, w = _pad_and_normalise(images, p, IMAGENET_MEAN, IMAGENET_STD)
+    bsz = x.shape[0]
+    patches = _patch_embed(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], p)
+    prefix = [sd["cls_token"].expand(bsz, -1, -1), sd["reg_token"].expand(bsz, -1, -1)]
+    assert sum(t.shape[1] for t in prefix) == n_prefix and "pos_embed" not in sd
+    x = torch.cat(prefix + [patches], dim=1)
+    sin, cos = model.rope.get_embed(shape=(h, w)).detach().double().chunk(2, dim=-1)  # (h*w, hd) each
+
+    blocks = model.blocks
+    d = x.shape[-1]
+    for i, block in enumerate(blocks):
+        pre = f"blocks.{i}."
+        heads = block.attn.num_heads
+        hd = d // heads
+        y = _layer_norm(x, sd[pre + "norm1.weight"], sd[pre + "norm1.bias"], block.norm1.eps)
+        qkv = _linear(y, sd[pre + "attn.qkv.weight"], None)  # DINOv3 S/16: no qkv bias
+        n = qkv.shape[1]
+        q, k, v = (qkv[..., j * d:(j + 1) * d].reshape(bsz, n, heads, hd).permute(0, 2, 1, 3) for j in range(3))
+        if i == len(blocks) - 1 and feature in ("q", "k", "v"):
+            t = {"q": q, "k": k, "v": v}[feature]
+            if rope_on_last and feature != "v":
+                t = _rope(t, sin, cos, n_prefix)
+            out = t.permute(0, 2, 1, 3).reshape(bsz, n, d)  # heads concatenated in order
+            return _l2_normalise(out[:, n_prefix:]).reshape(bsz, h, w, -1)
+        q, k = _rope(q, sin, cos, n_prefix), _rope(k, sin, cos, n_prefix)
+        probs = _softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd))
+        attn = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(bsz, n, d)
+        attn = _linear(attn, sd[pre + "attn.proj.weight"], sd[pre + "attn.proj.bias"])
+        x = x + attn * sd[pre + "gamma_1"]
+        y = _layer_norm(x, sd[pre + "norm2.weight"], sd[pre + "norm2.bias"], block.norm2.eps)
+        hidden = _gelu(_linear(y, sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"]))
+        x = x + _linear(hidden, sd[pre + "mlp.fc2.weight"], sd[pre + "mlp.fc2.bias"]) * sd[pre + "gamma_2"]
+    assert feature == "x"
+    return _l2_normalise(x[:, n_prefix:]).reshape(bsz, h, w, -1)
+
+
+def _build_dinov3(feature: str, seed: int = 50):
+    """A random 2-block ``vit_small_patch16_dinov3`` (CLS + 4 registers, RoPE, layer scale),
+    perturbed so that layer scale (1e-5 at init), norms and biases all matter."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*random weights.*")
+        enc = encoders.TimmViTEncoder("vit_small_patch16_dinov3", pretrained=None, feature=feature, device="cpu",
+                                      model_kwargs={"depth": 2})
+    model = enc.model.eval()
+    _perturb(model, seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for block in model.blocks:
+            for gamma in (block.gamma_1, block.gamma_2):
+                gamma.copy_(0.5 + torch.rand(gamma.shape, generator=g))
+    assert type(model).__name__ == "Eva" and model.num_prefix_tokens == 5 and model.pos_embed is None
+    for block in model.blocks:
+        attn = block.attn
+        assert attn.qkv.bias is None and attn.q_bias is None and attn.rotate_half
+        assert isinstance(attn.q_norm, torch.nn.Identity) and isinstance(attn.k_norm, torch.nn.Identity)
+        assert isinstance(attn.norm, torch.nn.Identity) and isinstance(block.mlp.act, torch.nn.GELU)
+        assert block.mlp.act.approximate == "none"
+    assert isinstance(model.norm_pre, torch.nn.Identity) and isinstance(model.patch_embed.norm, torch.nn.Identity)
+    assert enc.mean == pytest.approx(IMAGENET_MEAN) and enc.std == pytest.approx(IMAGENET_STD)
+    return enc
+
+
+@pytest.fixture(scope="module")
+def dinov3_s2():
+    return {feature: _build_dinov3(feature) for feature in ("q", "k", "v", "x")}
+
+
+@pytest.mark.parametrize("feature", ["q", "k", "v", "x"])
+@pytest.mark.parametrize("height, width", [(64, 80), (70, 90)], ids=["64x80", "padded-70x90"])
+def test_timm_dinov3_matches_reference(dinov3_s2, feature, height, width):
+    """``timm:vit_small_patch16_dinov3`` (random weights, 2 blocks) equals the explicit
+    computation: RoPE in every block's attention, q/k/v read from the last block's projection
+    before RoPE, the 5 prefix tokens (CLS + 4 registers) dropped."""
+    images = _images(2, height, width, seed=height * 13 + width)
+    enc = dinov3_s2[feature]
+    out = _dense(enc, images)
+    ref = reference_dinov3(enc.model, images, feature)
+    _assert_matches(out, ref, 16, height, width)
+
+
+@pytest.mark.parametrize("feature", ["q", "k"])
+def test_timm_dinov3_qk_are_read_before_rope(dinov3_s2, feature):
+    """Not vacuous: the same q/k with RoPE applied (as attention sees them) differ far beyond the
+    tolerance, so the match above pins the pre-RoPE reading."""
+    images = _images(1, 64, 80, seed=5)
+    enc = dinov3_s2[feature]
+    out = _dense(enc, images)
+    rotated = reference_dinov3(enc.model, images, feature, rope_on_last=True)
+    assert (out.double() - rotated).abs().max().item() > 100 * TOL
