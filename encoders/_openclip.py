@@ -25,9 +25,12 @@ class OpenCLIPEncoder(TextEncoderMixin, DenseEncoderBase):
 
     Dense features follow MaskCLIP (``docs/method.md`` §2): the last residual block keeps only
     its attention's value path, ``z = x + out_proj(W_v ln_1(x) + b_v)``, then the block's MLP,
-    ``ln_post`` and the visual projection; the CLS token is dropped. Text embeddings follow §3: every
+    ``ln_post`` and the visual projection; the CLS token is dropped; ``dense_features`` gives
+    (B, ceil(H / p), ceil(W / p), D) unit vectors, ``D`` the text-embedding width (512 for
+    ViT-B-16). Text embeddings follow §3 through :class:`TextEncoderMixin` (``encode_text``): every
     synonym is embedded with each prompt template, each prompt embedding is L2-normalised, averaged
-    over templates and normalised again.
+    over templates and normalised again. This class supplies only open_clip's tokenizer and text
+    tower (the truncated causal pass) as the mixin's hooks.
 
     Parameters
     ----------
@@ -68,9 +71,16 @@ class OpenCLIPEncoder(TextEncoderMixin, DenseEncoderBase):
 
     Attributes
     ----------
-    model : open_clip model (eval mode, no gradients)
+    model : open_clip model
+        In eval mode, no gradients.
+    tokenizer : open_clip tokenizer
+        ``(P,)`` strings -> ``(P, context)`` token ids.
+    truncate_text : bool
+        Whether the text tower runs only up to each batch's longest prompt.
     patch_size : int
-    mean, std : tuple of 3 floats, the normalisation applied to images in [0, 1]
+    mean, std : tuple of 3 floats
+        The normalisation applied to images in [0, 1].
+    templates : tuple of str or callables
     """
 
     def __init__(

@@ -67,9 +67,12 @@ class TimmViTEncoder(DenseEncoderBase):
 
     Attributes
     ----------
-    model : the timm model (eval mode, no gradients)
+    model : timm model
+        In eval mode, no gradients.
+    feature : {"v", "k", "q", "x"}
     patch_size : int
-    mean, std : tuple of 3 floats, from the weights' pretrained config
+    mean, std : tuple of 3 floats
+        From the weights' pretrained config (ImageNet's when it has none).
     """
 
     def __init__(

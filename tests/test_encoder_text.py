@@ -10,6 +10,8 @@ average over templates, normalise again; one row per synonym, in class order.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -117,26 +119,25 @@ def test_truncation_is_the_same_as_the_full_context():
     assert min(seen) < CONTEXT and seen == sorted(seen)  # shortest prompts first, cut short
 
 
-def count_prompts(encoder, monkeypatch):
-    calls = []
-    original = encoder.encode_prompts
+def spy_on_encoding(encoder, monkeypatch):
+    spy = mock.Mock(wraps=encoder.encode_prompts)
+    monkeypatch.setattr(encoder, "encode_prompts", spy)
+    return spy
 
-    def counting(prompts):
-        calls.append(len(prompts))
-        return original(prompts)
 
-    monkeypatch.setattr(encoder, "encode_prompts", counting)
-    return calls
+def prompt_counts(spy):
+    """How many prompts each call of the watched ``encode_prompts`` encoded."""
+    return [len(call.args[0]) for call in spy.call_args_list]
 
 
 def test_the_cache_serves_a_second_family(monkeypatch, tmp_path):
     """Memory: only new synonyms are encoded. Disk: the same weights and templates read the file,
     other weights or other templates never hit."""
     first = CharCLIP(templates=TEMPLATES, text_cache=tmp_path)
-    calls = count_prompts(first, monkeypatch)
+    spy = spy_on_encoding(first, monkeypatch)
     a = first.encode_text(["road", "car"])
     b = first.encode_text(["car", "road;street"])
-    assert calls == [2 * len(TEMPLATES), 1 * len(TEMPLATES)]
+    assert prompt_counts(spy) == [2 * len(TEMPLATES), 1 * len(TEMPLATES)]
     assert torch.equal(b.embeddings[0], a.embeddings[1]) and torch.equal(b.embeddings[1], a.embeddings[0])
     (path,) = tmp_path.glob("char-clip-float32-*.npz")
     with np.load(path, allow_pickle=False) as data:
@@ -147,12 +148,12 @@ def test_the_cache_serves_a_second_family(monkeypatch, tmp_path):
     assert torch.equal(again.encode_text(["road;street"]).embeddings, b.embeddings[1:])
 
     other_weights = CharCLIP(seed=1, templates=TEMPLATES, text_cache=tmp_path)
-    calls = count_prompts(other_weights, monkeypatch)
+    spy_weights = spy_on_encoding(other_weights, monkeypatch)
     other_weights.encode_text(["road"])
     other_templates = CharCLIP(templates=TEMPLATES[:2], text_cache=tmp_path)
-    calls_templates = count_prompts(other_templates, monkeypatch)
+    spy_templates = spy_on_encoding(other_templates, monkeypatch)
     other_templates.encode_text(["road"])
-    assert calls == [len(TEMPLATES)] and calls_templates == [2]
+    assert prompt_counts(spy_weights) == [len(TEMPLATES)] and prompt_counts(spy_templates) == [2]
     assert len(list(tmp_path.glob("*.npz"))) == 2  # the seed-1 weights have their own file
 
 
