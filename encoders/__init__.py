@@ -25,14 +25,9 @@ from ._openclip import OpenCLIPEncoder
 from ._precision import PRECISIONS, check_precision
 from ._protocols import TextEmbeddings, VisionEncoder, VisionLanguageEncoder
 from ._registry import create, parse_spec, register, registered
-from ._text import TextEncoderMixin as TextEncoderMixin  # public; see the note on __all__ below
-from ._text import cache_namespace as cache_namespace
-from ._text import split_class_names
+from ._text import TextEncoderMixin, cache_namespace, split_class_names
 from ._timm import TimmViTEncoder
 from ._weights import RandomInitWarning, WeightsUnavailableError
-
-# TextEncoderMixin and cache_namespace are public (README: "A second vision-language family") but
-# not yet in __all__, whose list tests/test_project.py locks; they join it with that list.
 
 register("open_clip", OpenCLIPEncoder)
 register("timm", TimmViTEncoder)
@@ -42,10 +37,12 @@ __all__ = [
     "PRECISIONS",
     "RandomInitWarning",
     "TextEmbeddings",
+    "TextEncoderMixin",
     "TimmViTEncoder",
     "VisionEncoder",
     "VisionLanguageEncoder",
     "WeightsUnavailableError",
+    "cache_namespace",
     "check_precision",
     "create",
     "parse_spec",

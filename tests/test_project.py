@@ -46,9 +46,10 @@ def test_public_names_are_locked():
         assert getattr(graphprop, name).__doc__, f"{name} has no docstring"
     assert sorted(encoders.__all__) == sorted(
         [
-            "OpenCLIPEncoder", "PRECISIONS", "RandomInitWarning", "TextEmbeddings", "TimmViTEncoder",
-            "VisionEncoder", "VisionLanguageEncoder", "WeightsUnavailableError", "check_precision", "create",
-            "parse_spec", "register", "registered", "split_class_names",
+            "OpenCLIPEncoder", "PRECISIONS", "RandomInitWarning", "TextEmbeddings", "TextEncoderMixin",
+            "TimmViTEncoder", "VisionEncoder", "VisionLanguageEncoder", "WeightsUnavailableError",
+            "cache_namespace", "check_precision", "create", "parse_spec", "register", "registered",
+            "split_class_names",
         ]
     )
     for name in encoders.__all__:
