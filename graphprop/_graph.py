@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_derived
-from ._protocol import GraphOperator, PropagationGraph
+from ._protocol import GraphOperator, PropagationGraph, WeightsMixin
 from ._validation import check_int, check_tensor, finite_nonnegative
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +39,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Graph:
+class Graph(WeightsMixin):
     """A weighted graph on ``num_nodes`` nodes, PyG conventions.
 
     Implements :class:`~graphprop.PropagationGraph`.
@@ -101,16 +101,6 @@ class Graph:
         return int(self.edge_index.size(1))
 
     @property
-    def device(self) -> torch.device:
-        """The device of the tensors."""
-        return self.edge_weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights."""
-        return self.edge_weight.dtype
-
-    @property
     def weight_values(self) -> Tensor:
         """(E,) the stored weights, ``edge_weight`` (see :class:`~graphprop.PropagationGraph`)."""
         return self.edge_weight
@@ -130,8 +120,25 @@ class Graph:
     # ------------------------------------------------------------ conversions
     @classmethod
     def from_sparse(cls, matrix: Tensor) -> Graph:
-        """From a torch sparse (N, N) matrix (COO, CSR or CSC); the stored entries become
-        edges (explicit zeros are kept, duplicate COO entries summed)."""
+        """From a torch sparse (N, N) matrix.
+
+        Parameters
+        ----------
+        matrix : Tensor
+            (N, N) torch sparse, COO, CSR or CSC: its stored entries become edges
+            (explicit zeros are kept, duplicate COO entries summed).
+
+        Returns
+        -------
+        Graph
+
+        Raises
+        ------
+        TypeError
+            If ``matrix`` is not a sparse tensor.
+        ValueError
+            If it is not square.
+        """
         check_tensor("matrix", matrix, ndim=2)
         if matrix.size(0) != matrix.size(1):
             raise ValueError(f"matrix must be square (N, N), got shape {tuple(matrix.shape)}")
@@ -142,7 +149,25 @@ class Graph:
 
     @classmethod
     def from_dense(cls, matrix: Tensor) -> Graph:
-        """From a dense (N, N) weight matrix: every non-zero entry becomes an edge."""
+        """From a dense weight matrix.
+
+        Parameters
+        ----------
+        matrix : Tensor
+            (N, N) floating: every non-zero entry ``matrix[i, j]`` becomes the edge
+            ``(i, j)``.
+
+        Returns
+        -------
+        Graph
+
+        Raises
+        ------
+        TypeError
+            If ``matrix`` is not a floating tensor.
+        ValueError
+            If it is not square (N, N).
+        """
         check_tensor("matrix", matrix, ndim=2, floating=True)
         if matrix.size(0) != matrix.size(1):
             raise ValueError(f"matrix must be square (N, N), got shape {tuple(matrix.shape)}")
@@ -151,7 +176,19 @@ class Graph:
 
     @classmethod
     def from_pyg(cls, data: Data, weight_attr: str = "edge_weight") -> Graph:
-        """From a ``torch_geometric.data.Data``; edges without weights get weight 1."""
+        """From a ``torch_geometric.data.Data``.
+
+        Parameters
+        ----------
+        data : torch_geometric.data.Data
+            With ``edge_index`` (2, E) and ``num_nodes``.
+        weight_attr : str
+            The attribute holding the (E,) weights; without it, every edge gets weight 1.
+
+        Returns
+        -------
+        Graph
+        """
         weight = getattr(data, weight_attr, None)
         if weight is None:
             weight = torch.ones(data.edge_index.size(1), device=data.edge_index.device)
@@ -172,9 +209,11 @@ class Graph:
         ).coalesce()
 
     def to_sparse_csr(self) -> Tensor:
-        """As a torch sparse CSR (N, N) tensor (duplicates summed). Edges already
-        sorted by (source, target) without duplicates (e.g. the output of
-        :func:`symmetrize`) are used as they are, without a sort."""
+        """As a torch sparse CSR (N, N) tensor (duplicates summed).
+
+        Edges already sorted by (source, target) without duplicates (e.g. the output
+        of :func:`symmetrize`) are used as they are, without a sort.
+        """
         n = self.num_nodes
         row, col = self.edge_index
         key = row * n + col
@@ -270,7 +309,8 @@ class Graph:
         Parameters
         ----------
         z : Tensor
-            (N, E) floating, on the graph's device.
+            (N, E) float32 or float64 (torch's sparse product on CPU has no half
+            precision), on the graph's device.
         out : Tensor, optional
             (N, E) of z's dtype, not aliasing ``z``: written and returned.
 
@@ -341,12 +381,18 @@ class Graph:
 
     # ------------------------------------------------- cached derived structures
     def is_symmetric(self) -> bool:
-        """Whether ``W == W^T``: after summing duplicate edges and dropping zero
-        weights, the same edges in both directions, each weight within 16 units of
-        float rounding (relative, in the weights' dtype) of its mirror. Exact, not a
-        randomised test; computed once per graph and cached (recomputed if
-        ``edge_index`` or ``edge_weight`` are modified in place; not cached for
-        inference-mode tensors, which have no version counter)."""
+        """Whether ``W == W^T``.
+
+        Returns
+        -------
+        bool
+            After summing duplicate edges and dropping zero weights: the same edges in
+            both directions, each weight within 16 units of float rounding (relative,
+            in the weights' dtype) of its mirror. Exact, not a randomised test;
+            computed once per graph and cached (recomputed if ``edge_index`` or
+            ``edge_weight`` are modified in place; not cached for inference-mode
+            tensors, which have no version counter).
+        """
         return self._cached("symmetric", self._compute_symmetric)
 
     def _compute_symmetric(self) -> bool:

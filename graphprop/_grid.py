@@ -21,17 +21,17 @@ from torch import Tensor
 from . import _stencil
 from ._cache import cached_derived
 from ._graph import Graph, _check_block
-from ._protocol import GraphOperator
+from ._protocol import GraphOperator, WeightsMixin
 from ._validation import check_positive_int, check_range, check_tensor, finite_nonnegative
 from ._window import grid_offsets, offset_blocks
 
-__all__ = ["GridGraph", "grid_graph", "exp_distance_weight", "grid_offsets", "offset_blocks"]
+__all__ = ["GridGraph", "grid_graph", "exp_distance_weight", "grid_offsets"]
 
 WeightFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True, eq=False)
-class GridGraph:
+class GridGraph(WeightsMixin):
     """A local-window graph over an H x W grid (N = H * W nodes, row-major).
 
     Implements :class:`~graphprop.PropagationGraph`. There are no self-loops. Use
@@ -95,16 +95,6 @@ class GridGraph:
     def num_nodes(self) -> int:
         """N = H * W."""
         return self.height * self.width
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the weights."""
-        return self.weights.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights."""
-        return self.weights.dtype
 
     @property
     def weight_values(self) -> Tensor:
@@ -328,8 +318,28 @@ class GridGraph:
 
 
 def exp_distance_weight(tau: float) -> WeightFn:
-    """The weight ``exp(-||f_p - f_q||_2 / tau)`` (LPOSS+ colour affinity, tau 0.01
-    on Lab / (100, 128, 128) colours)."""
+    """The weight function ``exp(-||f_p - f_q||_2 / tau)``.
+
+    The LPOSS+ colour affinity: tau 0.01 on Lab / (100, 128, 128) colours.
+
+    Parameters
+    ----------
+    tau : float
+        > 0, the distance scale.
+
+    Returns
+    -------
+    callable
+        ``weight(f_p, f_q) -> w``: (C, h, w) features of aligned pixel blocks to (h, w)
+        weights, for :func:`grid_graph`.
+
+    Raises
+    ------
+    TypeError
+        If ``tau`` is not a number.
+    ValueError
+        If ``tau <= 0``.
+    """
     tau = check_range("tau", tau, low=0.0, low_open=True)
 
     def weight(fp: Tensor, fq: Tensor) -> Tensor:

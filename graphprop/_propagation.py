@@ -83,16 +83,21 @@ class ConvergenceWarning(UserWarning):
 class PropagationResult:
     """What :func:`label_propagation` did, with ``return_info=True``.
 
-    Attributes:
-        z: (N, E) the solution (same shape, dtype and device as ``y``).
-        iterations: (E,) int64, iterations run for each column (0 for ``"direct"``
-            and, for every solver, for all-zero columns).
-        residual: (E,) relative residual ``||r_c|| / ||y_c||`` when the column
-            stopped (0 for an all-zero column): for ``"cg"`` CG's recursive residual,
-            for ``"fixed_point"`` and ``"direct"`` ``Y - (I - alpha P) Z`` evaluated
-            on the returned Z.
-        converged: (E,) bool, ``residual <= tol``.
-        solver: the solver used (what ``"auto"`` chose).
+    Attributes
+    ----------
+    z : Tensor
+        (N, E) the solution (same shape, dtype and device as ``y``).
+    iterations : Tensor
+        (E,) int64, iterations run for each column (0 for ``"direct"`` and, for every
+        solver, for all-zero columns).
+    residual : Tensor
+        (E,) relative residual ``||r_c|| / ||y_c||`` when the column stopped (0 for an
+        all-zero column): for ``"cg"`` CG's recursive residual, for ``"fixed_point"``
+        and ``"direct"`` ``Y - (I - alpha P) Z`` evaluated on the returned Z.
+    converged : Tensor
+        (E,) bool, ``residual <= tol``.
+    solver : str
+        The solver used (what ``"auto"`` chose).
     """
 
     z: Tensor
@@ -138,43 +143,59 @@ def label_propagation(
     module doc). Not differentiable: it runs under ``torch.no_grad()`` and accepts
     inputs that require grad, but Z never does (as PyG's ``LabelPropagation``).
 
-    Args:
-        graph: the weights W, non-negative: a :class:`Graph`, a torch sparse (N, N)
-            tensor (COO/CSR/CSC), a :class:`GridGraph` (applied as a stencil), or
-            any :class:`~graphprop.PropagationGraph`. ``"cg"`` needs W symmetric
-            (checked exactly, once per :class:`Graph`).
-        y: (N, E) or (N,) float32/float64 initial scores, one column per label.
-        alpha: in (0, 1), how far labels spread (published LPOSS: 0.95); a Python,
-            numpy or 0-d tensor number.
-        tol: per-column relative residual ``||Y_c - (I - alpha P) Z_c|| / ||Y_c||``
-            (2-norm) at which a column stops. Not sklearn's ``tol`` (an L1 change
-            of the distributions between iterations): see ``docs/graphprop.md``.
-        max_iter: iterations at most, per column (published LPOSS: 10).
-        solver: ``"auto"`` (default), ``"cg"``, ``"fixed_point"`` or ``"direct"``
-            (see module doc). The published LPOSS stages pass ``"cg"``.
-        normalize: when True (default) ``P = W_hat^T`` with ``W_hat`` the
-            in-degree normalisation of W without self-loops; when False ``P = W^T``
-            as given (PyG with an explicit ``edge_weight``).
-        return_info: return a :class:`PropagationResult` instead of Z.
-        warn: which :class:`ConvergenceWarning` to emit. ``None`` (default): only
-            ``"cg"``'s warning that more than 1% of the rows have all their scores
-            below its residual per entry (``||r_c|| / sqrt(N)``), as their ranking is
-            noise. ``True``: also when a column stopped at ``max_iter`` before
-            reaching ``tol``. ``False``: neither (the published LPOSS stages, which
-            stop at 10 iterations by design). The float32-underflow warning is always
-            emitted.
+    Parameters
+    ----------
+    graph : PropagationGraph or Tensor
+        The weights W, non-negative: a :class:`Graph`, a torch sparse (N, N) tensor
+        (COO/CSR/CSC), a :class:`GridGraph` (applied as a stencil), or any
+        :class:`~graphprop.PropagationGraph`. ``"cg"`` needs W symmetric (checked
+        exactly, once per :class:`Graph`).
+    y : Tensor
+        (N, E) or (N,) float32/float64 initial scores, one column per label.
+    alpha : float
+        In (0, 1), how far labels spread (published LPOSS: 0.95); a Python, numpy or
+        0-d tensor number.
+    tol : float
+        Per-column relative residual ``||Y_c - (I - alpha P) Z_c|| / ||Y_c||``
+        (2-norm) at which a column stops. Not sklearn's ``tol`` (an L1 change of the
+        distributions between iterations): see ``docs/graphprop.md``.
+    max_iter : int
+        Iterations at most, per column (published LPOSS: 10).
+    solver : {"auto", "cg", "fixed_point", "direct"}
+        See the module doc (and :data:`SOLVER_TABLE`). The published LPOSS stages
+        pass ``"cg"``.
+    normalize : bool
+        When True (default) ``P = W_hat^T`` with ``W_hat`` the in-degree
+        normalisation of W without self-loops; when False ``P = W^T`` as given (PyG
+        with an explicit ``edge_weight``).
+    return_info : bool
+        Return a :class:`PropagationResult` instead of Z.
+    warn : bool or None
+        Which :class:`ConvergenceWarning` to emit. ``None`` (default): only ``"cg"``'s
+        warning that more than 1% of the rows have all their scores below its
+        residual per entry (``||r_c|| / sqrt(N)``), as their ranking is noise.
+        ``True``: also when a column stopped at ``max_iter`` before reaching ``tol``.
+        ``False``: neither (the published LPOSS stages, which stop at 10 iterations
+        by design). The float32-underflow warning is always emitted.
 
-    Returns:
+    Returns
+    -------
+    Tensor or PropagationResult
         Z, shaped like ``y``, in y's dtype and on its device (or a
         :class:`PropagationResult`). Every solver works in float64 or y's dtype on
         weights normalised in float64, so a float32 Z is the float64 answer to
         float32 rounding.
 
-    Raises:
-        TypeError / ValueError naming the argument: a graph of another type, shapes
-        that do not match, negative weights, an empty graph, NaN/inf, a
-        non-symmetric W for ``"cg"``, devices that differ, a solution that
-        overflows y's dtype.
+    Raises
+    ------
+    TypeError
+        Naming the argument: a graph of another type, a dense matrix, ``y`` not a
+        float32/float64 tensor, ``alpha``/``tol`` not a number, ``max_iter`` not an
+        integer, ``solver`` not a string.
+    ValueError
+        Naming the argument: shapes that do not match, negative weights, an empty
+        graph, NaN/inf, a value out of range, an unknown solver, a non-symmetric W
+        for ``"cg"``, devices that differ, a solution that overflows y's dtype.
     """
     with torch.no_grad():
         return _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn)

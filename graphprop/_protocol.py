@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
     from typing_extensions import Self
 
-__all__ = ["GraphOperator", "PropagationGraph"]
+__all__ = ["GraphOperator", "PropagationGraph", "WeightsMixin"]
 
 
 @runtime_checkable
@@ -157,3 +157,28 @@ class PropagationGraph(Protocol):
         ``z`` of ``dtype``.
         """
         ...
+
+
+class WeightsMixin:
+    """For graph classes: ``device`` and ``dtype`` are those of ``weight_values``.
+
+    A subclass defines :attr:`weight_values` (the stored weights); the mixin gives the
+    two protocol members derived from it, written once for every graph form.
+    """
+
+    __slots__ = ()
+
+    @property
+    def weight_values(self) -> Tensor:
+        """The stored weights (defined by the subclass)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights."""
+        return self.weight_values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights."""
+        return self.weight_values.dtype

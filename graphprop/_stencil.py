@@ -115,21 +115,33 @@ def is_mirrored(grid: GridGraph) -> bool:
 
 
 class StencilOperator:
-    """``z -> W @ z`` for a fixed grid graph, prepared once for repeated products
-    (the solvers call it every iteration).
+    """``z -> W @ z`` for a fixed grid graph, prepared once for repeated products.
 
-    Args:
-        grid: the graph.
-        dtype: the dtype of the ``z`` it will be applied to.
-        kernel: ``"auto"``, ``"numba"`` or ``"torch"``.
+    The solvers call it every iteration; a :class:`~graphprop.GraphOperator` (see its
+    contract: ``out`` must not alias ``z``, the input is never written).
 
-    Attributes:
-        kernel: the kernel used.
-        symmetric: whether the forward-half (symmetric) kernels are used.
-        column_multiple: the column count the numba kernels want (16; the CG pads to it).
-        weights: the prepared weights the kernel reads, flushed of denormals:
-            (K/2, H, W) forward half when ``symmetric``, else (H, W, K) pixel-major
-            (numba) or (K, H, W) (torch); the scale folded in.
+    Parameters
+    ----------
+    grid : GridGraph
+        The graph.
+    dtype : torch.dtype
+        The dtype of the (N, E) ``z`` it will be applied to.
+    kernel : {"auto", "numba", "torch"}
+        The kernel (``"auto"``: numba on CPU when available, else torch).
+
+    Attributes
+    ----------
+    kernel : str
+        The kernel used.
+    symmetric : bool
+        Whether the forward-half (symmetric) kernels are used.
+    column_multiple : int
+        The column count the kernel wants the block padded to: 16 for numba (whole
+        AVX-512 vectors; the CG pads its state to it), 1 for torch.
+    weights : Tensor
+        The prepared weights the kernel reads, flushed of denormals: (K/2, H, W)
+        forward half when ``symmetric``, else (H, W, K) pixel-major (numba) or
+        (K, H, W) (torch); the scale folded in.
     """
 
     def __init__(self, grid: GridGraph, dtype: torch.dtype, kernel: str = "auto") -> None:
