@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._validation import check_choice
 from ._window import offset_blocks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,8 +54,7 @@ def numba_available() -> bool:
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
     """The kernel ``"auto"`` stands for on ``device`` (numba on CPU when available)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
+    kernel = check_choice("kernel", kernel, KERNELS)
     if kernel == "auto":
         return "numba" if device.type == "cpu" and numba_available() else "torch"
     if kernel == "numba" and device.type != "cpu":

@@ -667,3 +667,30 @@ def test_graphprop_modules_import_no_circle():
     assert _find_cycle(graph) is None, f"import cycle: {' -> '.join(_find_cycle(graph))}"
     for leaf in ("_protocol", "_window", "_validation", "_cache"):
         assert graph[leaf] == set(), f"{leaf} should import nothing from graphprop, imports {graph[leaf]}"
+
+
+def test_graph_grid_and_stencil_import_alone_in_any_order():
+    """Each of the three modules imports in a fresh package (no ``graphprop/__init__``
+    run first), in every order: none needs another half-initialised."""
+    import itertools
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(graphprop.__file__).parent
+    orders = list(itertools.permutations(["_graph", "_grid", "_stencil"]))
+    script = f"""
+import importlib, sys, types
+for order in {orders!r}:
+    for name in [m for m in sys.modules if m == "graphprop" or m.startswith("graphprop.")]:
+        del sys.modules[name]
+    package = types.ModuleType("graphprop")
+    package.__path__ = [{str(root)!r}]
+    sys.modules["graphprop"] = package  # the bare package: its __init__ does not run
+    for name in order:
+        importlib.import_module("graphprop." + name)
+print("ok", len({orders!r}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok 6"

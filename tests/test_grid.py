@@ -188,6 +188,8 @@ def test_grid_bad_inputs():
         grid.matmul(torch.rand(8, 2))
     with pytest.raises(ValueError, match="kernel"):
         grid.matmul(torch.rand(9, 2), kernel="cuda")
+    with pytest.raises(TypeError, match="kernel"):
+        grid.matmul(torch.rand(9, 2), kernel=1)
     with pytest.raises(TypeError, match="z must be a floating"):
         grid.matmul(torch.ones(9, 2, dtype=torch.long))
 
