@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_derived
-from ._protocol import GraphOperator, PropagationGraph, WeightsMixin
+from ._protocol import GraphOperator, PropagationGraph, WeightsMixin, is_propagation_graph
 from ._validation import check_int, check_tensor, finite_nonnegative
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -545,7 +545,7 @@ def sym_normalize(graph: G) -> G:
 
 def _checked(graph: G) -> G:
     """``graph`` if it implements :class:`~graphprop.PropagationGraph`, else a TypeError."""
-    if not isinstance(graph, PropagationGraph):
+    if not is_propagation_graph(graph):
         raise TypeError(f"graph must be a graphprop.Graph or GridGraph (a graphprop.PropagationGraph), "
                         f"got {type(graph).__name__}")
     return graph

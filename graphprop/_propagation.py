@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ._graph import Graph
-from ._protocol import GraphOperator, PropagationGraph
+from ._protocol import GraphOperator, PropagationGraph, is_propagation_graph
 from ._stencil import flush_denormals, numba_available
 from ._validation import (
     check_choice,
@@ -353,7 +353,7 @@ def _check_graph(graph: object) -> PropagationGraph:
                 "tensor; for a dense matrix use graphprop.Graph.from_dense"
             )
         graph = Graph.from_sparse(graph.detach())
-    if not isinstance(graph, PropagationGraph):
+    if not is_propagation_graph(graph):
         raise TypeError(
             f"graph must be a graphprop.Graph, a GridGraph or a torch sparse (N, N) tensor "
             f"(or a graphprop.PropagationGraph), got {type(graph).__name__}"
