@@ -29,8 +29,18 @@ class GraphOperator(Protocol):
     :meth:`PropagationGraph.propagation_operator` return, and what the solvers call
     every iteration.
 
-    The contract
-    ------------
+    Attributes
+    ----------
+    column_multiple : int
+        The column count the operator wants the block padded to: blocks whose
+        ``E`` is a multiple of it (and contiguous) avoid a padded copy on every
+        call (16 for the vectorised grid kernels, 1 = no preference). The CG
+        allocates its state that wide, with zero columns.
+
+    Notes
+    -----
+    The contract:
+
     - ``op(z)`` with ``z`` (N, E) of the dtype the operator was prepared for (the
       ``dtype`` argument that made it; float32 or float64 for the compiled CPU
       kernels) and on the graph's device returns ``M @ z``, (N, E) in that dtype.
@@ -44,19 +54,10 @@ class GraphOperator(Protocol):
       directly, another one through a temporary.
     - The product is linear and column-wise: column ``c`` of the result depends only
       on column ``c`` of ``z``; all-zero columns (padding) give all-zero columns.
-
-    Attributes
-    ----------
-    column_multiple : int
-        The column count the operator wants the block padded to: blocks whose
-        ``E`` is a multiple of it (and contiguous) avoid a padded copy on every
-        call (16 for the vectorised grid kernels, 1 = no preference). The CG
-        allocates its state that wide, with zero columns.
-
-    An operator may also offer ``shifted_dot(p, alpha, q) -> Tensor``: writes
-    ``q = p - alpha * (M @ p)`` and returns (E,) the column sums of ``p * q`` in one
-    pass (the CG's step on ``A = I - alpha M``); ``p`` and ``q`` (N, E) contiguous,
-    distinct. The CG uses it when present (found with ``getattr``).
+    - Optional: ``shifted_dot(p, alpha, q) -> Tensor`` writes
+      ``q = p - alpha * (M @ p)`` and returns (E,) the column sums of ``p * q`` in
+      one pass (the CG's step on ``A = I - alpha M``); ``p`` and ``q`` (N, E)
+      contiguous, distinct. The CG uses it when present (found with ``getattr``).
     """
 
     column_multiple: int
