@@ -10,6 +10,10 @@ Generic building blocks, useful beyond images:
   :func:`degree`: composable operations;
 - :func:`grid_graph` / :class:`GridGraph`: local-window graphs of images, applied
   as a stencil without an index list;
+- :class:`PropagationGraph`: the protocol both graph forms implement and the
+  operations and solvers take (size, dtype/device, degree, normalised form,
+  symmetry, products with (N, E) blocks), and :class:`GraphOperator`, the contract
+  of those products (``out=``, ``column_multiple``);
 - :func:`label_propagation`: ``(I - alpha * P) Z = Y`` with PyG's conventions (messages
   from ``edge_index[0]`` to ``edge_index[1]``, in-degree normalisation), by batched
   conjugate gradient, fixed-point iteration (PyG ``LabelPropagation``), a dense solve,
@@ -23,11 +27,14 @@ from ._graph import Graph, degree, remove_self_loops, sym_normalize, symmetrize
 from ._grid import GridGraph, exp_distance_weight, grid_graph, grid_offsets
 from ._knn import knn, knn_graph, select_knn_backend
 from ._propagation import ConvergenceWarning, PropagationResult, label_propagation
+from ._protocol import GraphOperator, PropagationGraph
 
 __all__ = [
     "ConvergenceWarning",
     "Graph",
+    "GraphOperator",
     "GridGraph",
+    "PropagationGraph",
     "PropagationResult",
     "degree",
     "exp_distance_weight",

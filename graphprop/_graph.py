@@ -4,26 +4,30 @@ A :class:`Graph` holds ``edge_index`` (2, E) int64, ``edge_weight`` (E,) and
 ``num_nodes``. It stands for the (N, N) weight matrix ``W`` with
 ``W[edge_index[0, e], edge_index[1, e]] = edge_weight[e]``, i.e. the same matrix as
 ``torch_geometric.utils.to_torch_coo_tensor(edge_index, edge_weight)``; duplicate
-edges add up. Operations are pure functions returning a new graph.
+edges add up. It implements :class:`~graphprop.PropagationGraph`.
+
+The operations :func:`degree`, :func:`symmetrize`, :func:`remove_self_loops` and
+:func:`sym_normalize` are pure functions returning a new graph; each calls the
+graph's own method of that name, so they take any :class:`~graphprop.PropagationGraph`
+(a :class:`~graphprop.GridGraph` included) without knowing its class.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
-from ._validation import check_positive_int, check_tensor, finite_nonnegative
+from ._cache import cached_derived
+from ._protocol import GraphOperator, PropagationGraph, WeightsMixin, is_propagation_graph
+from ._validation import check_int, check_tensor, finite_nonnegative
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from torch_geometric.data import Data
-    from typing_extensions import TypeIs
-
-    from ._grid import GridGraph
 
 __all__ = [
     "Graph",
@@ -35,23 +39,34 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Graph:
+class Graph(WeightsMixin):
     """A weighted graph on ``num_nodes`` nodes, PyG conventions.
 
-    Attributes:
-        edge_index: (2, E) int64, row 0 the source ``i``, row 1 the target ``j`` of
-            the entry ``W[i, j]``.
-        edge_weight: (E,) floating, the entries of ``W`` (non-negative for
-            propagation).
-        num_nodes: N, the number of nodes (isolated nodes included).
+    Implements :class:`~graphprop.PropagationGraph`.
 
-    The constructor validates shapes, dtypes, index range and finiteness, with
-    errors that name the argument.
+    Parameters
+    ----------
+    edge_index : Tensor
+        (2, E) int64, row 0 the source ``i``, row 1 the target ``j`` of the entry
+        ``W[i, j]`` (messages flow from ``i`` to ``j``).
+    edge_weight : Tensor
+        (E,) floating, finite, the entries of ``W`` (non-negative for propagation).
+    num_nodes : int
+        N, the number of nodes (isolated nodes included).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not a tensor / an integer, or has the wrong dtype.
+    ValueError
+        For the wrong shapes, NaN/inf weights, different devices, or node indices
+        outside ``[0, num_nodes)``. Each message names the argument.
     """
 
     edge_index: Tensor
     edge_weight: Tensor
     num_nodes: int
+    auto_direct: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         ei = check_tensor("edge_index", self.edge_index, dims=("2", "E"))
@@ -71,7 +86,8 @@ class Graph:
             raise ValueError(
                 f"edge_index and edge_weight must be on one device, got {ei.device} and {w.device}"
             )
-        n = check_positive_int("num_nodes", self.num_nodes, minimum=0)
+        n = check_int("num_nodes", self.num_nodes, minimum=0)
+        object.__setattr__(self, "num_nodes", n)  # a numpy integer stored as an int
         if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n):
             raise ValueError(
                 f"edge_index must hold node indices in [0, num_nodes={n}), "
@@ -85,12 +101,9 @@ class Graph:
         return int(self.edge_index.size(1))
 
     @property
-    def device(self) -> torch.device:
-        return self.edge_weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.edge_weight.dtype
+    def weight_values(self) -> Tensor:
+        """(E,) the stored weights, ``edge_weight`` (see :class:`~graphprop.PropagationGraph`)."""
+        return self.edge_weight
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Graph:
         """A copy on ``device`` with weights of ``dtype`` (either may be None)."""
@@ -107,8 +120,25 @@ class Graph:
     # ------------------------------------------------------------ conversions
     @classmethod
     def from_sparse(cls, matrix: Tensor) -> Graph:
-        """From a torch sparse (N, N) matrix (COO, CSR or CSC); the stored entries become
-        edges (explicit zeros are kept, duplicate COO entries summed)."""
+        """From a torch sparse (N, N) matrix.
+
+        Parameters
+        ----------
+        matrix : Tensor
+            (N, N) torch sparse, COO, CSR or CSC: its stored entries become edges
+            (explicit zeros are kept, duplicate COO entries summed).
+
+        Returns
+        -------
+        Graph
+
+        Raises
+        ------
+        TypeError
+            If ``matrix`` is not a sparse tensor.
+        ValueError
+            If it is not square.
+        """
         check_tensor("matrix", matrix, ndim=2)
         if matrix.size(0) != matrix.size(1):
             raise ValueError(f"matrix must be square (N, N), got shape {tuple(matrix.shape)}")
@@ -119,7 +149,25 @@ class Graph:
 
     @classmethod
     def from_dense(cls, matrix: Tensor) -> Graph:
-        """From a dense (N, N) weight matrix: every non-zero entry becomes an edge."""
+        """From a dense weight matrix.
+
+        Parameters
+        ----------
+        matrix : Tensor
+            (N, N) floating: every non-zero entry ``matrix[i, j]`` becomes the edge
+            ``(i, j)``.
+
+        Returns
+        -------
+        Graph
+
+        Raises
+        ------
+        TypeError
+            If ``matrix`` is not a floating tensor.
+        ValueError
+            If it is not square (N, N).
+        """
         check_tensor("matrix", matrix, ndim=2, floating=True)
         if matrix.size(0) != matrix.size(1):
             raise ValueError(f"matrix must be square (N, N), got shape {tuple(matrix.shape)}")
@@ -128,7 +176,19 @@ class Graph:
 
     @classmethod
     def from_pyg(cls, data: Data, weight_attr: str = "edge_weight") -> Graph:
-        """From a ``torch_geometric.data.Data``; edges without weights get weight 1."""
+        """From a ``torch_geometric.data.Data``.
+
+        Parameters
+        ----------
+        data : torch_geometric.data.Data
+            With ``edge_index`` (2, E) and ``num_nodes``.
+        weight_attr : str
+            The attribute holding the (E,) weights; without it, every edge gets weight 1.
+
+        Returns
+        -------
+        Graph
+        """
         weight = getattr(data, weight_attr, None)
         if weight is None:
             weight = torch.ones(data.edge_index.size(1), device=data.edge_index.device)
@@ -149,9 +209,11 @@ class Graph:
         ).coalesce()
 
     def to_sparse_csr(self) -> Tensor:
-        """As a torch sparse CSR (N, N) tensor (duplicates summed). Edges already
-        sorted by (source, target) without duplicates (e.g. the output of
-        :func:`symmetrize`) are used as they are, without a sort."""
+        """As a torch sparse CSR (N, N) tensor (duplicates summed).
+
+        Edges already sorted by (source, target) without duplicates (e.g. the output
+        of :func:`symmetrize`) are used as they are, without a sort.
+        """
         n = self.num_nodes
         row, col = self.edge_index
         key = row * n + col
@@ -169,14 +231,168 @@ class Graph:
         dense = torch.zeros(n, n, dtype=self.dtype, device=self.device)
         return dense.index_put_((self.edge_index[0], self.edge_index[1]), self.edge_weight, accumulate=True)
 
+    def detach(self) -> Graph:
+        """The graph with tensors that do not require grad (``self`` when none does).
+
+        The detached graph shares the tensors' storage and version counters, and so
+        this graph's cache of derived structures (:meth:`is_symmetric`).
+        """
+        if not (self.edge_index.requires_grad or self.edge_weight.requires_grad):
+            return self
+        detached = Graph(self.edge_index.detach(), self.edge_weight.detach(), self.num_nodes)
+        detached.__dict__["_derived"] = self.__dict__.setdefault("_derived", {})
+        return detached
+
+    # ------------------------------------------------------------ operations
+    def degree(self) -> Tensor:
+        """Row sums of W (out-degrees).
+
+        Returns
+        -------
+        Tensor
+            (N,) ``d[i] = sum_j W[i, j]``, in the weights' dtype.
+        """
+        d = torch.zeros(self.num_nodes, dtype=self.dtype, device=self.device)
+        return d.index_add_(0, self.edge_index[0], self.edge_weight)
+
+    def symmetrize(self) -> Graph:
+        """``W + W^T``, coalesced: an edge found from both sides gets both weights.
+
+        Returns
+        -------
+        Graph
+            Every edge in both directions, duplicates summed, sorted by (source, target).
+        """
+        ei = self.edge_index
+        both = torch.cat([ei, ei.flip(0)], dim=1)
+        weights = torch.cat([self.edge_weight, self.edge_weight])
+        return Graph(both, weights, self.num_nodes).coalesce()
+
+    def remove_self_loops(self) -> Graph:
+        """The graph without its edges ``(i, i)``.
+
+        Returns
+        -------
+        Graph
+            The other edges, in their order.
+        """
+        keep = self.edge_index[0] != self.edge_index[1]
+        return Graph(self.edge_index[:, keep], self.edge_weight[keep], self.num_nodes)
+
+    def sym_normalize(self) -> Graph:
+        """``D^-1/2 W D^-1/2`` with ``D`` the row sums of W; a zero degree counts as 1.
+
+        Normalised in float64 whatever the graph's dtype, after scaling the weights
+        by a power of two to the largest one (the result does not depend on the
+        scale), then cast back to the graph's dtype: tiny weights (1e-300, or float32
+        denormals) do not underflow and degree sums cannot overflow. Each weight is
+        ``(w_ij * d_i^-1/2) * d_j^-1/2`` in that order.
+
+        Returns
+        -------
+        Graph
+            The same edges, normalised weights.
+
+        Raises
+        ------
+        ValueError
+            If a weight is negative.
+        """
+        if not finite_nonnegative(self.edge_weight)[1]:
+            raise ValueError("graph must have non-negative edge weights to be normalised")
+        return _normalized(self, self.edge_index[0], zero_degree=1.0)
+
+    # --------------------------------------------------------------- products
+    def matmul(self, z: Tensor, out: Tensor | None = None) -> Tensor:
+        """``W @ z``: ``out[i] = sum_j W[i, j] z[j]``.
+
+        Parameters
+        ----------
+        z : Tensor
+            (N, E) float32 or float64 (torch's sparse product on CPU has no half
+            precision), on the graph's device.
+        out : Tensor, optional
+            (N, E) of z's dtype, not aliasing ``z``: written and returned.
+
+        Returns
+        -------
+        Tensor
+            (N, E) in z's dtype. For many products with one graph, :meth:`operator`
+            prepares the matrix once.
+
+        Raises
+        ------
+        TypeError
+            If ``z`` is not a floating tensor.
+        ValueError
+            If ``z`` is not (N, E) or is on another device.
+        """
+        z = _check_block(z, self.num_nodes, self.device)
+        return self.operator(z.dtype)(z, out=out)
+
+    def operator(self, dtype: torch.dtype | None = None) -> GraphOperator:
+        """``z -> W @ z`` prepared once (a CSR matrix of W) for (N, E) ``z`` of ``dtype``.
+
+        Parameters
+        ----------
+        dtype : torch.dtype, optional
+            The dtype of the blocks it will be applied to (default the graph's).
+
+        Returns
+        -------
+        GraphOperator
+            The compiled CSR product on CPU (float32/float64, numba), else PyG's
+            sparse product; the contract of :class:`~graphprop.GraphOperator`.
+        """
+        dtype = dtype or self.dtype
+        if dtype in (torch.float32, torch.float64) and _csr_kernels_usable(self):
+            from ._csr_kernels import CsrOperator
+
+            return CsrOperator(*self._sender_csr(), normalize=False, dtype=dtype)
+        from ._message_passing import WeightedSum
+
+        return WeightedSum(self.to(dtype=dtype).to_sparse_csr())
+
+    def propagation_operator(self, dtype: torch.dtype, *, normalize: bool) -> GraphOperator:
+        """``z -> P @ z`` with label propagation's ``P = W_hat^T`` (rows = receiving nodes).
+
+        Parameters
+        ----------
+        dtype : torch.dtype
+            The dtype of the blocks it will be applied to.
+        normalize : bool
+            True: ``W_hat`` is :func:`in_degree_normalize` of W (PyG's ``gcn_norm``
+            without self-loops, in float64, then cast); False: ``W_hat = W``.
+
+        Returns
+        -------
+        GraphOperator
+            The compiled CSR product of ``W^T`` (cached on the graph) on CPU, else
+            PyG's ``adj_t`` product.
+        """
+        if _csr_kernels_usable(self):
+            from ._csr_kernels import CsrOperator
+
+            return CsrOperator(*self._receiver_csr(), normalize=normalize, dtype=dtype)
+        from ._message_passing import WeightedSum
+
+        g = in_degree_normalize(self) if normalize else self
+        return WeightedSum(g._transposed().to(dtype=dtype).to_sparse_csr())  # rows = receiving nodes, PyG's adj_t
+
     # ------------------------------------------------- cached derived structures
     def is_symmetric(self) -> bool:
-        """Whether ``W == W^T``: after summing duplicate edges and dropping zero
-        weights, the same edges in both directions, each weight within 16 units of
-        float rounding (relative, in the weights' dtype) of its mirror. Exact, not a
-        randomised test; computed once per graph and cached (recomputed if
-        ``edge_index`` or ``edge_weight`` are modified in place; not cached for
-        inference-mode tensors, which have no version counter)."""
+        """Whether ``W == W^T``.
+
+        Returns
+        -------
+        bool
+            After summing duplicate edges and dropping zero weights: the same edges in
+            both directions, each weight within 16 units of float rounding (relative,
+            in the weights' dtype) of its mirror. Exact, not a randomised test;
+            computed once per graph and cached (recomputed if ``edge_index`` or
+            ``edge_weight`` are modified in place; not cached for inference-mode
+            tensors, which have no version counter).
+        """
         return self._cached("symmetric", self._compute_symmetric)
 
     def _compute_symmetric(self) -> bool:
@@ -195,6 +411,19 @@ class Graph:
         va, vb = a.edge_weight, b.edge_weight
         return bool(((va - vb).abs() <= rtol * torch.maximum(va.abs(), vb.abs())).all())
 
+    def _sender_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The canonical CSR matrix of ``W`` (rows = sending nodes ``edge_index[0]``,
+        duplicates summed, zeros dropped) as numpy ``(indptr int64, indices int32,
+        values)``; CPU and numba only. Cached."""
+
+        def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            from . import _csr_kernels
+
+            ei = self.edge_index.detach().numpy()
+            return _csr_kernels.canonical_csr(ei[0], ei[1], self.edge_weight.detach().numpy(), self.num_nodes)
+
+        return self._cached("sender_csr", build)
+
     def _receiver_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The canonical CSR matrix of ``W^T`` (rows = receiving nodes
         ``edge_index[1]``, duplicates summed, zeros dropped) as numpy
@@ -211,17 +440,7 @@ class Graph:
     def _cached(self, name: str, compute: Any) -> Any:
         """``compute()`` cached on the (frozen) graph, keyed by the tensors' identity
         and in-place version counters so that an edited graph is never served stale."""
-        if self.edge_index.is_inference() or self.edge_weight.is_inference():
-            return compute()  # no version counter to see in-place edits by: not cached
-        key = (self.edge_index.data_ptr(), self.edge_index._version,
-               self.edge_weight.data_ptr(), self.edge_weight._version)
-        cache = self.__dict__.setdefault("_derived", {})
-        hit = cache.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        value = compute()
-        cache[name] = (key, value)
-        return value
+        return cached_derived(self, name, (self.edge_index, self.edge_weight), compute)
 
     def _transposed(self) -> Graph:
         """``W^T``: every edge reversed."""
@@ -234,73 +453,112 @@ class Graph:
         )
 
 
-def degree(graph: Graph | GridGraph) -> Tensor:
-    """Row sums of W: (N,) ``d[i] = sum_j W[i, j]``, in the weights' dtype."""
-    if _is_grid(graph):
-        return graph.degree()
-    d = torch.zeros(graph.num_nodes, dtype=graph.dtype, device=graph.device)
-    return d.index_add_(0, graph.edge_index[0], graph.edge_weight)
+G = TypeVar("G", bound=PropagationGraph)
 
 
-@overload
-def symmetrize(graph: Graph) -> Graph: ...
-@overload
-def symmetrize(graph: GridGraph) -> GridGraph: ...
-def symmetrize(graph: Graph | GridGraph) -> Graph | GridGraph:
-    """``W + W^T``: every edge is added in both directions and duplicates summed, so an
-    edge found from both sides gets both weights. A :class:`Graph` result is
-    coalesced; a :class:`GridGraph` stays a grid graph."""
-    if _is_grid(graph):
-        return _symmetrize_grid(graph)
-    ei = graph.edge_index
-    both = torch.cat([ei, ei.flip(0)], dim=1)
-    weights = torch.cat([graph.edge_weight, graph.edge_weight])
-    return Graph(both, weights, graph.num_nodes).coalesce()
+def degree(graph: PropagationGraph) -> Tensor:
+    """Row sums of W (out-degrees): ``graph.degree()``.
+
+    Parameters
+    ----------
+    graph : PropagationGraph
+        A :class:`Graph`, a :class:`~graphprop.GridGraph` or any graph of the protocol.
+
+    Returns
+    -------
+    Tensor
+        (N,) ``d[i] = sum_j W[i, j]``, in the weights' dtype.
+    """
+    return _checked(graph).degree()
 
 
-@overload
-def remove_self_loops(graph: Graph) -> Graph: ...
-@overload
-def remove_self_loops(graph: GridGraph) -> GridGraph: ...
-def remove_self_loops(graph: Graph | GridGraph) -> Graph | GridGraph:
-    """Drop every edge ``(i, i)`` (a :class:`GridGraph` has none: returned as is)."""
-    if _is_grid(graph):
-        return graph
-    keep = graph.edge_index[0] != graph.edge_index[1]
-    return Graph(graph.edge_index[:, keep], graph.edge_weight[keep], graph.num_nodes)
+def symmetrize(graph: G) -> G:
+    """``W + W^T``: ``graph.symmetrize()``.
+
+    Every edge is added in both directions and duplicates summed, so an edge found
+    from both sides gets both weights.
+
+    Parameters
+    ----------
+    graph : PropagationGraph
+        A :class:`Graph`, a :class:`~graphprop.GridGraph` or any graph of the protocol.
+
+    Returns
+    -------
+    PropagationGraph
+        Of the same class: a :class:`Graph` result is coalesced; a
+        :class:`~graphprop.GridGraph` stays a grid graph.
+    """
+    return _checked(graph).symmetrize()
 
 
-@overload
-def sym_normalize(graph: Graph) -> Graph: ...
-@overload
-def sym_normalize(graph: GridGraph) -> GridGraph: ...
-def sym_normalize(graph: Graph | GridGraph) -> Graph | GridGraph:
+def remove_self_loops(graph: G) -> G:
+    """Drop every edge ``(i, i)``: ``graph.remove_self_loops()``.
+
+    Parameters
+    ----------
+    graph : PropagationGraph
+        A :class:`Graph`, a :class:`~graphprop.GridGraph` (which has none: returned
+        as is) or any graph of the protocol.
+
+    Returns
+    -------
+    PropagationGraph
+        Of the same class.
+    """
+    return _checked(graph).remove_self_loops()
+
+
+def sym_normalize(graph: G) -> G:
     """``D^-1/2 W D^-1/2`` with ``D`` the row sums of W; a zero degree counts as 1.
 
-    A :class:`Graph` is normalised in float64 whatever its dtype, after scaling the
-    weights by a power of two to the largest one (the result does not depend on the
-    scale), then cast back to the graph's dtype: tiny weights (1e-300, or float32
-    denormals) do not underflow and degree sums cannot overflow. Each weight is
-    ``(w_ij * d_i^-1/2) * d_j^-1/2`` in that order. A :class:`GridGraph` keeps its
-    weights and gets ``scale = d^-1/2`` (the same numbers, computed in the stencil,
-    in the grid's dtype).
+    ``graph.sym_normalize()``. A :class:`Graph` is normalised in float64 whatever its
+    dtype, after scaling the weights by a power of two to the largest one (the result
+    does not depend on the scale), then cast back to the graph's dtype: tiny weights
+    (1e-300, or float32 denormals) do not underflow and degree sums cannot overflow.
+    Each weight is ``(w_ij * d_i^-1/2) * d_j^-1/2`` in that order. A
+    :class:`~graphprop.GridGraph` keeps its weights and gets ``scale = d^-1/2`` (the
+    same numbers, computed in the stencil, in the grid's dtype).
 
     (``label_propagation`` normalises by in-degree, PyG's ``gcn_norm``: that is this
     function applied to ``W^T``; the two agree on symmetric graphs.)
 
-    Raises:
-        ValueError: if a weight is negative.
-    """
-    if _is_grid(graph):
-        from ._grid import GridGraph
+    Parameters
+    ----------
+    graph : PropagationGraph
+        A :class:`Graph`, a :class:`~graphprop.GridGraph` or any graph of the protocol.
 
-        base = graph.materialize()
-        if not finite_nonnegative(base.weights)[1]:
-            raise ValueError("graph must have non-negative edge weights to be normalised")
-        return GridGraph(base.weights, base.radius, _inv_sqrt_degree(base.degree()))
-    if not finite_nonnegative(graph.edge_weight)[1]:
-        raise ValueError("graph must have non-negative edge weights to be normalised")
-    return _normalized(graph, graph.edge_index[0], zero_degree=1.0)
+    Returns
+    -------
+    PropagationGraph
+        Of the same class.
+
+    Raises
+    ------
+    TypeError
+        If ``graph`` is not a graph.
+    ValueError
+        If a weight is negative.
+    """
+    return _checked(graph).sym_normalize()
+
+
+def _checked(graph: G) -> G:
+    """``graph`` if it implements :class:`~graphprop.PropagationGraph`, else a TypeError."""
+    if not is_propagation_graph(graph):
+        raise TypeError(f"graph must be a graphprop.Graph or GridGraph (a graphprop.PropagationGraph), "
+                        f"got {type(graph).__name__}")
+    return graph
+
+
+def _check_block(z: object, num_nodes: int, device: torch.device) -> Tensor:
+    """``z`` checked as an (N, E) floating block for a product with a graph on ``device``."""
+    z = check_tensor("z", z, dims=("N", "E"), floating=True)
+    if z.size(0) != num_nodes:
+        raise ValueError(f"z must have N={num_nodes} rows for this graph, got {z.size(0)}")
+    if z.device != device:
+        raise ValueError(f"z must be on the graph's device {device}, got {z.device}")
+    return z
 
 
 def in_degree_normalize(graph: Graph) -> Graph:
@@ -337,11 +595,6 @@ def _power_of_two_scaled(w: Tensor) -> tuple[Tensor, float]:
     return (w if shift == 0 else torch.ldexp(w, torch.tensor(float(shift), dtype=w.dtype))), 2.0**shift
 
 
-def _inv_sqrt_degree(d: Tensor) -> Tensor:
-    """``d^-1/2`` with a zero degree counted as 1."""
-    return torch.where(d > 0, d, torch.ones_like(d)).sqrt().reciprocal()
-
-
 def _coalesced_nonzero(graph: Graph) -> Graph:
     """Duplicates summed, sorted, zero weights dropped."""
     g = graph.coalesce()
@@ -354,28 +607,3 @@ def _csr_kernels_usable(graph: Graph) -> bool:
     from ._stencil import numba_available
 
     return graph.device.type == "cpu" and graph.num_nodes < 2**31 and numba_available()
-
-
-def _is_grid(graph: object) -> TypeIs[GridGraph]:
-    """Whether ``graph`` is a :class:`GridGraph` (else it is a :class:`Graph`: anything else raises)."""
-    from ._grid import GridGraph
-
-    if isinstance(graph, GridGraph):
-        return True
-    if not isinstance(graph, Graph):
-        raise TypeError(f"graph must be a graphprop.Graph or GridGraph, got {type(graph).__name__}")
-    return False
-
-
-def _symmetrize_grid(graph: GridGraph) -> GridGraph:
-    """``W + W^T`` of a grid graph: ``W^T[p, p + o] = W[p + o, p]``, the opposite
-    offset's weight read at the neighbour."""
-    from ._grid import GridGraph, offset_blocks
-
-    base = graph.materialize()
-    h, w = base.height, base.width
-    k = len(base.offsets)
-    weights = base.weights.clone()
-    for o, p, q in offset_blocks(base.offsets, h, w):
-        weights[o][p] += base.weights[k - 1 - o][q]
-    return GridGraph(weights, base.radius)

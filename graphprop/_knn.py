@@ -36,7 +36,9 @@ def knn(
         x: (N, D) floating, the points searched.
         k: number of neighbours; ``k > N`` is clamped to N with a warning.
         queries: (M, D) floating, the points whose neighbours are sought; default
-            ``x`` itself (M = N), in which case a point is its own neighbour.
+            ``x`` itself (M = N), in which case each point is a candidate among its own
+            neighbours (not always found: a duplicate point ties with it, and ``"ip"``
+            may rank a longer vector first).
         metric: ``"cosine"`` (rows L2-normalised first, values are cosine
             similarities, largest first), ``"ip"`` (inner products, largest first) or
             ``"l2"`` (Euclidean distances, smallest first).

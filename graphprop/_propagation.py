@@ -19,7 +19,14 @@ With ``normalize=False``, ``W_hat = W`` as given. On a symmetric graph
 - ``"direct"``: a dense float64 solve, for small graphs.
 - ``"auto"`` (default): ``"direct"`` up to :data:`AUTO_DIRECT_MAX_NODES` nodes (the
   exact answer, in well under a second), else ``"cg"`` on symmetric graphs and grid
-  graphs, ``"fixed_point"`` on directed ones.
+  graphs, ``"fixed_point"`` on directed ones (:func:`_auto_solver`).
+
+The solvers are a table, :data:`SOLVER_TABLE` (name -> :class:`SolverSpec`: the
+function and what it needs), at the end of this module: a new solver is one function
+and one entry there (and, if ``"auto"`` should pick it, a line in
+:func:`_auto_solver`). Every solver takes the graph through the protocol
+(:class:`~graphprop.PropagationGraph`): it only sees the operator
+``graph.propagation_operator(dtype, normalize=...)`` (:class:`~graphprop.GraphOperator`).
 
 The mapping of scikit-learn's ``LabelSpreading`` and PyG's ``LabelPropagation``
 settings onto these is in ``docs/graphprop.md``.
@@ -35,8 +42,8 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from ._graph import Graph, _csr_kernels_usable, in_degree_normalize, sym_normalize
-from ._grid import GridGraph
+from ._graph import Graph
+from ._protocol import GraphOperator, PropagationGraph, is_propagation_graph
 from ._stencil import flush_denormals, numba_available
 from ._validation import (
     check_choice,
@@ -47,10 +54,10 @@ from ._validation import (
     finite_nonnegative,
 )
 
-__all__ = ["label_propagation", "PropagationResult", "ConvergenceWarning", "GraphLike"]
+__all__ = ["label_propagation", "PropagationResult", "ConvergenceWarning", "GraphLike", "SolverSpec"]
 
-SOLVERS = ("auto", "cg", "fixed_point", "direct")
-GraphLike = Graph | GridGraph | Tensor
+# what label_propagation takes: a graph of the protocol (Graph, GridGraph, ...) or a torch sparse tensor
+GraphLike = PropagationGraph | Tensor
 
 # Largest graph the dense solver accepts: an (N, N) float64 matrix of 2 GiB.
 DIRECT_MAX_NODES = 16_384
@@ -76,16 +83,21 @@ class ConvergenceWarning(UserWarning):
 class PropagationResult:
     """What :func:`label_propagation` did, with ``return_info=True``.
 
-    Attributes:
-        z: (N, E) the solution (same shape, dtype and device as ``y``).
-        iterations: (E,) int64, iterations run for each column (0 for ``"direct"``
-            and, for every solver, for all-zero columns).
-        residual: (E,) relative residual ``||r_c|| / ||y_c||`` when the column
-            stopped (0 for an all-zero column): for ``"cg"`` CG's recursive residual,
-            for ``"fixed_point"`` and ``"direct"`` ``Y - (I - alpha P) Z`` evaluated
-            on the returned Z.
-        converged: (E,) bool, ``residual <= tol``.
-        solver: the solver used (what ``"auto"`` chose).
+    Attributes
+    ----------
+    z : Tensor
+        (N, E) the solution (same shape, dtype and device as ``y``).
+    iterations : Tensor
+        (E,) int64, iterations run for each column (0 for ``"direct"`` and, for every
+        solver, for all-zero columns).
+    residual : Tensor
+        (E,) relative residual ``||r_c|| / ||y_c||`` when the column stopped (0 for an
+        all-zero column): for ``"cg"`` CG's recursive residual, for ``"fixed_point"``
+        and ``"direct"`` ``Y - (I - alpha P) Z`` evaluated on the returned Z.
+    converged : Tensor
+        (E,) bool, ``residual <= tol``.
+    solver : str
+        The solver used (what ``"auto"`` chose).
     """
 
     z: Tensor
@@ -131,42 +143,59 @@ def label_propagation(
     module doc). Not differentiable: it runs under ``torch.no_grad()`` and accepts
     inputs that require grad, but Z never does (as PyG's ``LabelPropagation``).
 
-    Args:
-        graph: the weights W, non-negative: a :class:`Graph`, a torch sparse (N, N)
-            tensor (COO/CSR/CSC) or a :class:`GridGraph` (applied as a stencil).
-            ``"cg"`` needs W symmetric (checked exactly, once per :class:`Graph`).
-        y: (N, E) or (N,) float32/float64 initial scores, one column per label.
-        alpha: in (0, 1), how far labels spread (published LPOSS: 0.95); a Python,
-            numpy or 0-d tensor number.
-        tol: per-column relative residual ``||Y_c - (I - alpha P) Z_c|| / ||Y_c||``
-            (2-norm) at which a column stops. Not sklearn's ``tol`` (an L1 change
-            of the distributions between iterations): see ``docs/graphprop.md``.
-        max_iter: iterations at most, per column (published LPOSS: 10).
-        solver: ``"auto"`` (default), ``"cg"``, ``"fixed_point"`` or ``"direct"``
-            (see module doc). The published LPOSS stages pass ``"cg"``.
-        normalize: when True (default) ``P = W_hat^T`` with ``W_hat`` the
-            in-degree normalisation of W without self-loops; when False ``P = W^T``
-            as given (PyG with an explicit ``edge_weight``).
-        return_info: return a :class:`PropagationResult` instead of Z.
-        warn: which :class:`ConvergenceWarning` to emit. ``None`` (default): only
-            ``"cg"``'s warning that more than 1% of the rows have all their scores
-            below its residual per entry (``||r_c|| / sqrt(N)``), as their ranking is
-            noise. ``True``: also when a column stopped at ``max_iter`` before
-            reaching ``tol``. ``False``: neither (the published LPOSS stages, which
-            stop at 10 iterations by design). The float32-underflow warning is always
-            emitted.
+    Parameters
+    ----------
+    graph : PropagationGraph or Tensor
+        The weights W, non-negative: a :class:`Graph`, a torch sparse (N, N) tensor
+        (COO/CSR/CSC), a :class:`GridGraph` (applied as a stencil), or any
+        :class:`~graphprop.PropagationGraph`. ``"cg"`` needs W symmetric (checked
+        exactly, once per :class:`Graph`).
+    y : Tensor
+        (N, E) or (N,) float32/float64 initial scores, one column per label.
+    alpha : float
+        In (0, 1), how far labels spread (published LPOSS: 0.95); a Python, numpy or
+        0-d tensor number.
+    tol : float
+        Per-column relative residual ``||Y_c - (I - alpha P) Z_c|| / ||Y_c||``
+        (2-norm) at which a column stops. Not sklearn's ``tol`` (an L1 change of the
+        distributions between iterations): see ``docs/graphprop.md``.
+    max_iter : int
+        Iterations at most, per column (published LPOSS: 10).
+    solver : {"auto", "cg", "fixed_point", "direct"}
+        See the module doc (and :data:`SOLVER_TABLE`). The published LPOSS stages
+        pass ``"cg"``.
+    normalize : bool
+        When True (default) ``P = W_hat^T`` with ``W_hat`` the in-degree
+        normalisation of W without self-loops; when False ``P = W^T`` as given (PyG
+        with an explicit ``edge_weight``).
+    return_info : bool
+        Return a :class:`PropagationResult` instead of Z.
+    warn : bool or None
+        Which :class:`ConvergenceWarning` to emit. ``None`` (default): only ``"cg"``'s
+        warning that more than 1% of the rows have all their scores below its
+        residual per entry (``||r_c|| / sqrt(N)``), as their ranking is noise.
+        ``True``: also when a column stopped at ``max_iter`` before reaching ``tol``.
+        ``False``: neither (the published LPOSS stages, which stop at 10 iterations
+        by design). The float32-underflow warning is always emitted.
 
-    Returns:
+    Returns
+    -------
+    Tensor or PropagationResult
         Z, shaped like ``y``, in y's dtype and on its device (or a
         :class:`PropagationResult`). Every solver works in float64 or y's dtype on
         weights normalised in float64, so a float32 Z is the float64 answer to
         float32 rounding.
 
-    Raises:
-        TypeError / ValueError naming the argument: a graph of another type, shapes
-        that do not match, negative weights, an empty graph, NaN/inf, a
-        non-symmetric W for ``"cg"``, devices that differ, a solution that
-        overflows y's dtype.
+    Raises
+    ------
+    TypeError
+        Naming the argument: a graph of another type, a dense matrix, ``y`` not a
+        float32/float64 tensor, ``alpha``/``tol`` not a number, ``max_iter`` not an
+        integer, ``solver`` not a string.
+    ValueError
+        Naming the argument: shapes that do not match, negative weights, an empty
+        graph, NaN/inf, a value out of range, an unknown solver, a non-symmetric W
+        for ``"cg"``, devices that differ, a solution that overflows y's dtype.
     """
     with torch.no_grad():
         return _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn)
@@ -184,36 +213,27 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
             f"y must have one row per node: graph has N={graph.num_nodes} nodes, "
             f"y has shape {tuple(y.shape)}"
         )
-    check_same_device(graph=graph.weights if isinstance(graph, GridGraph) else graph.edge_weight, y=y)
+    check_same_device(graph=graph.weight_values, y=y)
     alpha = check_range("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
     tol = check_range("tol", tol, low=0.0)
     max_iter = check_positive_int("max_iter", max_iter)
-    solver = check_choice("solver", solver, SOLVERS)
-    # only what needs it pays for the exact check: "auto" and "cg" (on a Graph, cached), and
-    # the grid operator (rows = receiving pixels); fixed_point / direct on a Graph never read it
-    symmetric = _is_symmetric(graph) if solver in ("auto", "cg") or isinstance(graph, GridGraph) else False
+    solver = check_choice("solver", solver, ("auto", *SOLVER_TABLE))
     if solver == "auto":
-        solver = _auto_solver(graph, symmetric)
-    if solver == "direct" and graph.num_nodes > DIRECT_MAX_NODES:
-        raise ValueError(
-            f"solver='direct' builds a dense (N, N) matrix and is limited to "
-            f"N <= {DIRECT_MAX_NODES} nodes, got N={graph.num_nodes}; use solver='cg'"
-        )
-    if solver == "cg" and not symmetric:
-        raise ValueError("graph must be symmetric (W == W^T) for solver='cg'; "
+        solver = _auto_solver(graph)
+    spec = SOLVER_TABLE[solver]
+    if spec.check is not None:
+        spec.check(graph)
+    # only what needs it pays for the exact check (cached on the graph)
+    if spec.needs_symmetric and not graph.is_symmetric():
+        raise ValueError(f"graph must be symmetric (W == W^T) for solver={solver!r}; "
                          "use graphprop.symmetrize(graph) (W + W^T) or solver='fixed_point'")
 
     y2 = y.unsqueeze(1) if y.dim() == 1 else y
     y2, exponent = _scale_columns(y2)
-    work = torch.float64 if solver == "direct" else y.dtype
-    operator = _operator(graph, normalize, work, symmetric)
-    if solver == "cg":
-        z, iters, resid = _solve_cg(operator, y2, alpha, tol, max_iter)
-    elif solver == "fixed_point":
-        z, iters, resid = _solve_fixed_point(operator, y2, alpha, tol, max_iter)
-    else:
-        z, iters, resid = _solve_direct(operator, y2.double(), alpha)
-    if solver == "cg" and warn is not False:
+    work = spec.dtype or y.dtype
+    operator = graph.propagation_operator(work, normalize=normalize)
+    z, iters, resid = spec.solve(operator, y2.to(work), alpha, tol, max_iter)
+    if spec.reports_unresolved_rows and warn is not False:
         _warn_unresolved_rows(z, resid * y2.norm(dim=0))
     z = _unscale_columns(z, exponent)
     _check_finite_solution(z, normalize)
@@ -323,10 +343,9 @@ def _warn_underflowed_rows(z: Tensor, dtype: torch.dtype) -> None:
 
 
 # --------------------------------------------------------------------- graphs
-Operator = Callable[..., Tensor]  # (z (N, E), out=None) -> P @ z
-
-
-def _check_graph(graph: object) -> Graph | GridGraph:
+def _check_graph(graph: object) -> PropagationGraph:
+    """``graph`` as a :class:`~graphprop.PropagationGraph` without grad (a torch sparse
+    tensor becomes a :class:`Graph`), its weights checked finite and non-negative."""
     if isinstance(graph, Tensor):
         if graph.layout == torch.strided:
             raise TypeError(
@@ -334,19 +353,15 @@ def _check_graph(graph: object) -> Graph | GridGraph:
                 "tensor; for a dense matrix use graphprop.Graph.from_dense"
             )
         graph = Graph.from_sparse(graph.detach())
-    if not isinstance(graph, (Graph, GridGraph)):
+    if not is_propagation_graph(graph):
         raise TypeError(
-            f"graph must be a graphprop.Graph, a GridGraph or a torch sparse (N, N) tensor, "
-            f"got {type(graph).__name__}"
+            f"graph must be a graphprop.Graph, a GridGraph or a torch sparse (N, N) tensor "
+            f"(or a graphprop.PropagationGraph), got {type(graph).__name__}"
         )
     if graph.num_nodes == 0:
         raise ValueError("graph is empty (0 nodes)")
-    if isinstance(graph, GridGraph) and (graph.weights.requires_grad or
-                                         (graph.scale is not None and graph.scale.requires_grad)):
-        scale = None if graph.scale is None else graph.scale.detach()
-        graph = GridGraph(graph.weights.detach(), graph.radius, scale)
-    weights = graph.weights if isinstance(graph, GridGraph) else graph.edge_weight
-    finite, nonnegative = finite_nonnegative(weights)
+    graph = graph.detach()
+    finite, nonnegative = finite_nonnegative(graph.weight_values)
     if not finite:
         raise ValueError("graph has NaN or infinite edge weights")
     if not nonnegative:
@@ -354,68 +369,19 @@ def _check_graph(graph: object) -> Graph | GridGraph:
     return graph
 
 
-def _auto_solver(graph: Graph | GridGraph, symmetric: bool) -> str:
-    """``"direct"`` on small explicit graphs; else ``"cg"`` where W is symmetric
-    (grid graphs built by ``grid_graph`` are), ``"fixed_point"`` where it is not."""
-    if isinstance(graph, Graph) and graph.num_nodes <= AUTO_DIRECT_MAX_NODES:
+def _auto_solver(graph: PropagationGraph) -> str:
+    """What ``solver="auto"`` picks: ``"direct"`` on small graphs whose form allows it
+    (``graph.auto_direct``: edge lists, not grid graphs) of at most
+    :data:`AUTO_DIRECT_MAX_NODES` nodes; else ``"cg"`` where W is symmetric (grid
+    graphs built by ``grid_graph`` are), ``"fixed_point"`` where it is not."""
+    if graph.auto_direct and graph.num_nodes <= AUTO_DIRECT_MAX_NODES:
         return "direct"
-    return "cg" if symmetric else "fixed_point"
-
-
-def _is_symmetric(graph: Graph | GridGraph) -> bool:
-    """W == W^T exactly up to float rounding: :meth:`Graph.is_symmetric` (cached);
-    grid graphs built mirrored need no pass, others are compared offset by offset."""
-    if isinstance(graph, GridGraph):
-        return graph.is_mirrored or _grid_is_symmetric(graph.materialize())
-    return graph.is_symmetric()
-
-
-def _grid_is_symmetric(grid: GridGraph) -> bool:
-    """``weights[o, p] == weights[opposite(o), p + o]`` for every offset, each within 16
-    units of float rounding of its mirror, compared slice by slice (no copy)."""
-    from ._grid import offset_blocks
-
-    k = len(grid.offsets)
-    rtol = 16 * torch.finfo(grid.dtype).eps
-    for o, p, q in offset_blocks(grid.offsets[: k // 2], grid.height, grid.width):
-        a, b = grid.weights[o][p], grid.weights[k - 1 - o][q]
-        if not bool(((a - b).abs() <= rtol * torch.maximum(a.abs(), b.abs())).all()):
-            return False
-    return True
-
-
-def _transposed_grid(grid: GridGraph) -> GridGraph:
-    """``W^T`` of a grid graph: ``W^T[p, p + o] = W[p + o, p]``, the opposite offset's
-    weight read at the neighbour."""
-    from ._grid import offset_blocks
-
-    base = grid.materialize()
-    k = len(base.offsets)
-    weights = torch.zeros_like(base.weights)
-    for o, p, q in offset_blocks(base.offsets, base.height, base.width):
-        weights[o][p] = base.weights[k - 1 - o][q]
-    return GridGraph(weights, base.radius)
-
-
-def _operator(graph: Graph | GridGraph, normalize: bool, dtype: torch.dtype, symmetric: bool) -> Operator:
-    """``z -> P @ z`` for (N, E) z, in ``dtype`` (normalised in float64 first)."""
-    if isinstance(graph, GridGraph):
-        if not symmetric:
-            graph = _transposed_grid(graph)  # rows = receiving pixels
-        return (sym_normalize(graph) if normalize else graph).operator(dtype)
-    if _csr_kernels_usable(graph):
-        from ._csr_kernels import CsrOperator
-
-        return CsrOperator(*graph._receiver_csr(), normalize=normalize, dtype=dtype)
-    from ._message_passing import WeightedSum
-
-    g = in_degree_normalize(graph) if normalize else graph
-    return WeightedSum(g._transposed().to(dtype=dtype))  # rows = receiving nodes, PyG's adj_t
+    return "cg" if graph.is_symmetric() else "fixed_point"
 
 
 # -------------------------------------------------------------------- solvers
 def _solve_cg(
-    w_hat: Operator, y: Tensor, alpha: float, tol: float, max_iter: int
+    w_hat: GraphOperator, y: Tensor, alpha: float, tol: float, max_iter: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Batched CG on ``A = I - alpha W_hat``, one CG per column: per-column step sizes
     ``rho / <p, A p>`` and directions ``beta = rho / rho_prev``; a column that meets
@@ -522,7 +488,7 @@ def _vector_ops(t: Tensor) -> type[_TorchVectorOps] | type[_NumbaVectorOps]:
 
 
 def _solve_fixed_point(
-    w_hat: Operator, y: Tensor, alpha: float, tol: float, max_iter: int
+    w_hat: GraphOperator, y: Tensor, alpha: float, tol: float, max_iter: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """PyG ``LabelPropagation`` (no clamping, no mask): ``F <- alpha P F + (1 - alpha) Y``
     from ``F = Y``; returns ``F / (1 - alpha)``. A column stops when
@@ -555,9 +521,11 @@ def _solve_fixed_point(
     return z, iters, _relative(resid, ynorm)
 
 
-def _solve_direct(w_hat: Operator, y: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+def _solve_direct(w_hat: GraphOperator, y: Tensor, alpha: float, tol: float = 0.0,
+                  max_iter: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Dense ``torch.linalg.solve(I - alpha W_hat, Y)``; W_hat assembled column by column
-    from the operator so every graph form is solved the same way."""
+    from the operator so every graph form is solved the same way (``tol`` and
+    ``max_iter`` are not used: the solve is exact)."""
     n, e = y.shape
     eye = torch.eye(n, dtype=y.dtype, device=y.device)
     a = eye - alpha * w_hat(eye)
@@ -569,3 +537,56 @@ def _solve_direct(w_hat: Operator, y: Tensor, alpha: float) -> tuple[Tensor, Ten
 
 def _relative(resid: Tensor, ynorm: Tensor) -> Tensor:
     return torch.where(ynorm > 0, resid / torch.where(ynorm > 0, ynorm, 1), torch.zeros_like(resid))
+
+
+def _check_direct_size(graph: PropagationGraph) -> None:
+    """``"direct"`` builds a dense (N, N) matrix: at most :data:`DIRECT_MAX_NODES` nodes."""
+    if graph.num_nodes > DIRECT_MAX_NODES:
+        raise ValueError(
+            f"solver='direct' builds a dense (N, N) matrix and is limited to "
+            f"N <= {DIRECT_MAX_NODES} nodes, got N={graph.num_nodes}; use solver='cg'"
+        )
+
+
+# ---------------------------------------------------------------- solver table
+SolveFn = Callable[[GraphOperator, Tensor, float, float, int], "tuple[Tensor, Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """One solver of :func:`label_propagation`: an entry of :data:`SOLVER_TABLE`.
+
+    Attributes
+    ----------
+    solve : callable
+        ``solve(operator, y, alpha, tol, max_iter) -> (z, iterations, residual)``:
+        ``operator`` the :class:`~graphprop.GraphOperator` ``z -> P @ z`` in the
+        working dtype, ``y`` (N, E) in that dtype (columns power-of-two scaled, not
+        all zero necessarily); returns ``z`` (N, E), (E,) int64 iterations and (E,)
+        relative residuals (0 for an all-zero column).
+    needs_symmetric : bool
+        The solver needs ``W == W^T`` (``graph.is_symmetric()``, else a ValueError
+        naming ``symmetrize`` and ``solver='fixed_point'``).
+    dtype : torch.dtype or None
+        The working dtype (None: y's); the solution is cast back to y's.
+    check : callable or None
+        ``check(graph)`` raises ValueError for a graph the solver refuses (size).
+    reports_unresolved_rows : bool
+        Whether the "rows below the residual" :class:`ConvergenceWarning` applies
+        (an iterative solve stopped at a residual, from Z = 0).
+    """
+
+    solve: SolveFn
+    needs_symmetric: bool = False
+    dtype: torch.dtype | None = None
+    check: Callable[[PropagationGraph], None] | None = None
+    reports_unresolved_rows: bool = False
+
+
+# name -> solver; "auto" is the rule of _auto_solver. A new solver: one function, one entry.
+SOLVER_TABLE: dict[str, SolverSpec] = {
+    "cg": SolverSpec(_solve_cg, needs_symmetric=True, reports_unresolved_rows=True),
+    "fixed_point": SolverSpec(_solve_fixed_point),
+    "direct": SolverSpec(_solve_direct, dtype=torch.float64, check=_check_direct_size),
+}
+SOLVERS = ("auto", *SOLVER_TABLE)

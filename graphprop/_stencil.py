@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._validation import check_choice
+from ._window import offset_blocks
+
 if TYPE_CHECKING:  # pragma: no cover
     from ._grid import GridGraph
 
@@ -51,8 +54,7 @@ def numba_available() -> bool:
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
     """The kernel ``"auto"`` stands for on ``device`` (numba on CPU when available)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
+    kernel = check_choice("kernel", kernel, KERNELS)
     if kernel == "auto":
         return "numba" if device.type == "cpu" and numba_available() else "torch"
     if kernel == "numba" and device.type != "cpu":
@@ -73,7 +75,7 @@ def flush_denormals(t: Tensor, *, nonnegative: bool = False) -> Tensor:
 
 
 # weight tensors known to be mirrored (built so), with the version they had then: the
-# graphs sym_normalize / to / materialize derive from one share its answer for free
+# graphs sym_normalize / to / fold_scale derive from one share its answer for free
 _MIRRORED: dict[int, tuple[weakref.ref[Tensor], int]] = {}
 
 
@@ -96,8 +98,6 @@ def is_mirrored(grid: GridGraph) -> bool:
     pair (W symmetric, the form :func:`~graphprop.grid_graph` builds): the symmetric
     kernels read the forward half only. Checked (one compiled pass on CPU) unless the
     weights were built mirrored and not changed since."""
-    from ._grid import offset_blocks
-
     weights = grid.weights
     if _known_mirrored(weights):
         return True
@@ -115,21 +115,33 @@ def is_mirrored(grid: GridGraph) -> bool:
 
 
 class StencilOperator:
-    """``z -> W @ z`` for a fixed grid graph, prepared once for repeated products
-    (the solvers call it every iteration).
+    """``z -> W @ z`` for a fixed grid graph, prepared once for repeated products.
 
-    Args:
-        grid: the graph.
-        dtype: the dtype of the ``z`` it will be applied to.
-        kernel: ``"auto"``, ``"numba"`` or ``"torch"``.
+    The solvers call it every iteration; a :class:`~graphprop.GraphOperator` (see its
+    contract: ``out`` must not alias ``z``, the input is never written).
 
-    Attributes:
-        kernel: the kernel used.
-        symmetric: whether the forward-half (symmetric) kernels are used.
-        column_multiple: the column count the numba kernels want (16; the CG pads to it).
-        weights: the prepared weights the kernel reads, flushed of denormals:
-            (K/2, H, W) forward half when ``symmetric``, else (H, W, K) pixel-major
-            (numba) or (K, H, W) (torch); the scale folded in.
+    Parameters
+    ----------
+    grid : GridGraph
+        The graph.
+    dtype : torch.dtype
+        The dtype of the (N, E) ``z`` it will be applied to.
+    kernel : {"auto", "numba", "torch"}
+        The kernel (``"auto"``: numba on CPU when available, else torch).
+
+    Attributes
+    ----------
+    kernel : str
+        The kernel used.
+    symmetric : bool
+        Whether the forward-half (symmetric) kernels are used.
+    column_multiple : int
+        The column count the kernel wants the block padded to: 16 for numba (whole
+        AVX-512 vectors; the CG pads its state to it), 1 for torch.
+    weights : Tensor
+        The prepared weights the kernel reads, flushed of denormals: (K/2, H, W)
+        forward half when ``symmetric``, else (H, W, K) pixel-major (numba) or
+        (K, H, W) (torch); the scale folded in.
     """
 
     def __init__(self, grid: GridGraph, dtype: torch.dtype, kernel: str = "auto") -> None:
@@ -146,7 +158,7 @@ class StencilOperator:
             self.weights = flush_denormals(_scaled_pixel_major(grid, dtype))
         else:
             base = grid.to(dtype=dtype)
-            self.weights = flush_denormals(base.materialize().weights.clone())
+            self.weights = flush_denormals(base.fold_scale().weights.clone())
 
     def __call__(self, z: Tensor, out: Tensor | None = None) -> Tensor:
         """z: (N, E) -> (N, E), written into ``out`` when given."""
@@ -203,8 +215,6 @@ class StencilOperator:
 def _matmul_torch(grid: GridGraph, weights: Tensor, symmetric: bool, z: Tensor) -> Tensor:
     """W @ z from prepared weights: (K/2, H, W) forward half (``symmetric``: each offset
     applied both ways) or (K, H, W)."""
-    from ._grid import offset_blocks
-
     h, w = grid.height, grid.width
     zi = z.reshape(h, w, -1)
     out = torch.zeros_like(zi)
@@ -223,8 +233,6 @@ def _matmul_torch(grid: GridGraph, weights: Tensor, symmetric: bool, z: Tensor) 
 def scaled_weights(grid: GridGraph) -> Tensor:
     """(K, H, W) weights with the graph's scale folded in: ``(w[o, p] * s[p]) * s[q]``
     (0 where q is outside the grid)."""
-    from ._grid import offset_blocks
-
     assert grid.scale is not None
     s = grid.scale.view(grid.height, grid.width)
     out = torch.zeros_like(grid.weights)
@@ -263,8 +271,6 @@ def _forward_half(grid: GridGraph, dtype: torch.dtype, *, numba: bool) -> Tensor
         _numba_kernels.forward_half(weights.numpy(), scale.numpy(), out.numpy(), grid.radius,
                                     torch.finfo(dtype).tiny)
         return out
-    from ._grid import offset_blocks
-
     s = scale.view(grid.height, grid.width)
     for o, p, q in offset_blocks(grid.offsets[k // 2 :], grid.height, grid.width):
         out[o][p] = (grid.weights[k // 2 + o][p].to(dtype) * s[p]) * s[q]

@@ -1,12 +1,24 @@
 """Input checks shared by the public functions: one helper per kind of input.
 
 Every public entry point validates its arguments once, with these helpers, and the
-errors name the argument and what was expected. Internal code trusts its inputs.
+errors name the argument and what was expected (one line). Internal code trusts its
+inputs.
+
+The error types are fixed, as in the standard library and scikit-learn:
+
+- :class:`TypeError`: the argument has the wrong *type* -- not a number, a ``bool``
+  where an integer is expected, not a :class:`torch.Tensor`, a tensor of the wrong
+  dtype (an integer tensor where a floating one is expected), a choice that is not
+  of the choices' type (an ``int`` where a name is expected);
+- :class:`ValueError`: the type is right but the *value* is not -- out of range,
+  NaN or infinite, the wrong number of dimensions or shape, empty, an unknown name,
+  tensors on different devices.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,8 +40,35 @@ def check_tensor(
 ) -> Tensor:
     """Check that ``value`` is a tensor of the expected rank and kind; return it.
 
-    ``dims`` names the expected dimensions (e.g. ``("N", "D")``) for the message and
-    implies ``ndim``.
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        The value given.
+    ndim : int, optional
+        The expected number of dimensions.
+    dims : sequence of str, optional
+        Names of the expected dimensions (e.g. ``("N", "D")``) for the message;
+        implies ``ndim``.
+    floating : bool
+        Require a floating dtype (float16, bfloat16, float32, float64).
+    finite : bool
+        Refuse NaN and infinite entries.
+    nonempty : bool
+        Refuse a tensor with no entries.
+
+    Returns
+    -------
+    Tensor
+        The value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a tensor, or (``floating``) its dtype is not floating.
+    ValueError
+        If it has the wrong number of dimensions, is empty or is not finite.
     """
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -50,17 +89,100 @@ def check_tensor(
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    """Check that ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value  # type: ignore[return-value]
+    """Check that ``value`` is one of ``choices``; return it.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        The value given.
+    choices : sequence
+        The accepted values (usually names).
+
+    Returns
+    -------
+    The value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is of none of the choices' types (e.g. an ``int`` for a name).
+    ValueError
+        If it is of the right type but not one of the choices.
+    """
+    if value in choices:
+        return value  # type: ignore[return-value]
+    kinds = tuple({type(c) for c in choices})
+    if kinds and not isinstance(value, kinds):
+        expected = " or ".join(sorted(k.__name__ for k in kinds))
+        raise TypeError(f"{name} must be a {expected}, one of {list(choices)}, got {type(value).__name__}")
+    raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Check that ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """Check that ``value`` is an integer ``>= minimum``; return it as an ``int``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        A Python or numpy integer (``bool`` is refused).
+    minimum : int
+        The smallest accepted value (0 for a count that may be zero).
+
+    Returns
+    -------
+    int
+        The value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer (a float, a ``bool``, a string ...).
+    ValueError
+        If it is below ``minimum``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
+
+
+def check_positive_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    """Check that ``value`` is an integer ``>= 1``: :func:`check_int` with ``minimum=1``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        A Python or numpy integer (``bool`` is refused).
+    minimum : int, optional
+        Deprecated: a minimum other than 1 is :func:`check_int`'s job (the name said
+        "positive" where ``minimum=0`` accepted 0). Still honoured, with a
+        :class:`DeprecationWarning`.
+
+    Returns
+    -------
+    int
+        The value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer.
+    ValueError
+        If it is below 1 (or ``minimum``).
+    """
+    if minimum is None:
+        minimum = 1
+    else:
+        warnings.warn("check_positive_int(minimum=...) is deprecated; use check_int(name, value, minimum=...)",
+                      DeprecationWarning, stacklevel=2)
+    return check_int(name, value, minimum=minimum)
 
 
 def check_range(
@@ -72,8 +194,31 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """Check that ``value`` is a real number (Python, numpy, or a 0-d tensor) in the
-    given (open or closed) interval; returns it as a float."""
+    """Check that ``value`` is a real number in an (open or closed) interval.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : object
+        A Python or numpy real number, or a 0-d tensor (``bool`` is refused).
+    low, high : float, optional
+        The bounds (none: unbounded on that side).
+    low_open, high_open : bool
+        Whether the bound itself is excluded.
+
+    Returns
+    -------
+    float
+        The value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ValueError
+        If it is NaN or outside the interval.
+    """
     if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -94,7 +239,23 @@ def check_range(
 
 
 def check_same_device(**tensors: Tensor) -> torch.device:
-    """Check that all the named tensors live on one device; return it."""
+    """Check that all the named tensors live on one device; return it.
+
+    Parameters
+    ----------
+    **tensors : Tensor
+        The tensors, by argument name (for the message).
+
+    Returns
+    -------
+    torch.device
+        Their device.
+
+    Raises
+    ------
+    ValueError
+        If the devices differ.
+    """
     devices = {name: t.device for name, t in tensors.items()}
     first = next(iter(devices.values()))
     if any(d != first for d in devices.values()):
@@ -104,8 +265,19 @@ def check_same_device(**tensors: Tensor) -> torch.device:
 
 
 def finite_nonnegative(values: Tensor) -> tuple[bool, bool]:
-    """``(all finite, all >= 0)`` in one pass without an (N,) temporary: NaN and inf
-    propagate into ``aminmax``."""
+    """``(all finite, all >= 0)`` of ``values`` in one pass.
+
+    Parameters
+    ----------
+    values : Tensor
+        Any shape, floating.
+
+    Returns
+    -------
+    tuple of bool
+        ``(all entries finite, all entries >= 0)``; ``(True, True)`` when empty.
+        Without an (N,) temporary: NaN and inf propagate into ``aminmax``.
+    """
     if values.numel() == 0:
         return True, True
     lo, hi = torch.aminmax(values)

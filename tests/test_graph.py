@@ -292,9 +292,9 @@ def test_edge_index_errors():
         Graph(torch.zeros(6, dtype=torch.long), w, 4)  # 1-D
     with pytest.raises(ValueError, match="edge_index"):
         Graph(torch.zeros(2, 3, 1, dtype=torch.long), w, 4)
-    with pytest.raises((TypeError, ValueError), match="edge_index"):
+    with pytest.raises(TypeError, match="edge_index"):
         Graph(torch.zeros(2, 3), w, 4)  # float dtype
-    with pytest.raises((TypeError, ValueError), match="edge_index"):
+    with pytest.raises(TypeError, match="edge_index"):
         Graph(torch.zeros(2, 3, dtype=torch.int32), w, 4)
     with pytest.raises(ValueError, match="edge_index"):
         Graph(_ei([0, 1, 4], [0, 0, 0]), w, 4)  # index == num_nodes
@@ -320,15 +320,20 @@ def test_edge_weight_errors():
         Graph(ei, torch.tensor([1.0, float("inf"), 1.0]), 3)
     with pytest.raises(ValueError, match="edge_weight"):
         Graph(ei, torch.tensor([1.0, 2.0, float("-inf")], dtype=torch.float64), 3)
-    with pytest.raises((TypeError, ValueError), match="edge_weight"):
+    with pytest.raises(TypeError, match="edge_weight"):
         Graph(ei, torch.ones(3, dtype=torch.long), 3)  # not floating
+    with pytest.raises(TypeError, match="edge_weight"):
+        Graph(ei, [1.0, 1.0, 1.0], 3)  # not a tensor
 
 
 def test_num_nodes_errors():
     with pytest.raises(ValueError, match="num_nodes"):
         Graph(_ei([], []).reshape(2, 0), torch.ones(0), -1)
-    with pytest.raises(ValueError, match="num_nodes"):
+    with pytest.raises(TypeError, match="num_nodes"):
         Graph(_ei([0], [0]), torch.ones(1), 1.0)
+    with pytest.raises(TypeError, match="num_nodes"):
+        Graph(_ei([0], [0]), torch.ones(1), True)
+    assert Graph(_ei([0], [0]), torch.ones(1), np.int64(1)).num_nodes == 1  # a numpy integer is an integer
 
 
 def test_sym_normalize_negative_weight_rejected():
@@ -375,3 +380,317 @@ def test_csr_of_sorted_and_unsorted_edges_equals_dense():
         csr = g.to_sparse_csr()
         assert csr.layout == torch.sparse_csr
         torch.testing.assert_close(csr.to_dense(), (dense + dense.T))
+
+
+# ------------------------------------------------------------ the graph protocol
+class DenseGraph:
+    """A graph form the package does not know: W as a dense (N, N) tensor, implementing
+    graphprop.PropagationGraph by plain dense algebra (the independent reference)."""
+
+    auto_direct = True
+
+    def __init__(self, w):
+        self.w = w
+
+    num_nodes = property(lambda self: self.w.size(0))
+    dtype = property(lambda self: self.w.dtype)
+    device = property(lambda self: self.w.device)
+    weight_values = property(lambda self: self.w)
+
+    def degree(self):
+        return self.w.sum(1)
+
+    def is_symmetric(self):
+        return bool(torch.equal(self.w, self.w.T))
+
+    def symmetrize(self):
+        return DenseGraph(self.w + self.w.T)
+
+    def remove_self_loops(self):
+        return DenseGraph(self.w - torch.diag(torch.diag(self.w)))
+
+    def sym_normalize(self):
+        d = self.w.sum(1)
+        s = torch.where(d > 0, d, 1.0).rsqrt()
+        return DenseGraph(s[:, None] * self.w * s[None, :])
+
+    def detach(self):
+        return DenseGraph(self.w.detach())
+
+    def matmul(self, z, out=None):
+        return self.operator(z.dtype)(z, out=out)
+
+    def operator(self, dtype=None):
+        return _DenseOperator(self.w.to(dtype or self.dtype))
+
+    def propagation_operator(self, dtype, *, normalize):
+        w = self.remove_self_loops().w.T if normalize else self.w.T  # rows = receivers
+        if normalize:
+            d = w.sum(1)  # in-degrees of W
+            s = torch.where(d > 0, d.clamp_min(1e-300).rsqrt(), 0.0)
+            w = s[:, None] * w * s[None, :]
+        return _DenseOperator(w.to(dtype))
+
+
+class _DenseOperator:
+    column_multiple = 1
+
+    def __init__(self, m):
+        self.m = m
+
+    def __call__(self, z, out=None):
+        return torch.matmul(self.m, z) if out is None else torch.matmul(self.m, z, out=out)
+
+
+def _random_dense(seed, n, symmetric=False, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.rand(n, n, generator=gen, dtype=dtype) * (torch.rand(n, n, generator=gen) < 0.4)
+    return w + w.T if symmetric else w
+
+
+def test_graph_and_grid_graph_implement_the_protocol():
+    grid = graphprop.grid_graph(torch.rand(2, 4, 5), 1)
+    for g in (Graph.from_dense(_random_dense(0, 6)), grid, DenseGraph(_random_dense(0, 6))):
+        assert isinstance(g, graphprop.PropagationGraph)
+    assert not isinstance(torch.eye(3), graphprop.PropagationGraph)
+    assert not isinstance(grid.to_sparse_coo(), graphprop.PropagationGraph)
+
+
+def test_operations_take_any_graph_of_the_protocol():
+    w = _random_dense(1, 7)
+    w[2, 2] = 0.5  # a self-loop
+    ours, dense = Graph.from_dense(w), DenseGraph(w)
+    torch.testing.assert_close(degree(ours), degree(dense))
+    torch.testing.assert_close(symmetrize(ours).to_dense(), symmetrize(dense).w)
+    torch.testing.assert_close(remove_self_loops(ours).to_dense(), remove_self_loops(dense).w)
+    torch.testing.assert_close(sym_normalize(ours).to_dense(), sym_normalize(dense).w)
+    assert isinstance(symmetrize(dense), DenseGraph)  # the class's own method ran
+
+
+@pytest.mark.parametrize(("solver", "symmetric"), [(s, True) for s in ("auto", "cg", "fixed_point", "direct")]
+                         + [(s, False) for s in ("auto", "fixed_point", "direct")])  # cg needs W == W^T
+def test_label_propagation_takes_any_graph_of_the_protocol(solver, symmetric):
+    w = _random_dense(2, 12, symmetric)
+    y = torch.rand(12, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    kw = {"alpha": 0.8, "solver": solver, "tol": 1e-12, "max_iter": 300}
+    for normalize in (True, False):
+        scale = 1.0 if normalize else 0.1  # keeps alpha * W^T a contraction
+        ours = graphprop.label_propagation(Graph.from_dense(w * scale), y, normalize=normalize, return_info=True, **kw)
+        theirs = graphprop.label_propagation(DenseGraph(w * scale), y, normalize=normalize, return_info=True, **kw)
+        assert ours.solver == theirs.solver
+        torch.testing.assert_close(ours.z, theirs.z, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_graph_matmul_and_operator_contract(dtype, monkeypatch):
+    from graphprop import _graph
+
+    w = _random_dense(3, 20).to(dtype)
+    w[:, 4] = 0  # a node nobody points to
+    graph = Graph.from_dense(w)
+    # a shuffled copy with duplicate edges: duplicates add up in the product
+    perm = torch.randperm(2 * graph.num_edges, generator=torch.Generator().manual_seed(3))
+    half = graph.edge_weight / 2
+    dup = Graph(torch.cat([graph.edge_index] * 2, 1)[:, perm], torch.cat([half, graph.edge_weight - half])[perm], 20)
+    z = torch.rand(5, 20, dtype=dtype).T  # (20, 5), not contiguous
+    before = z.clone()
+    for fallback in (False, True):  # the compiled CSR product and PyG's sparse product
+        if fallback:
+            monkeypatch.setattr(_graph, "_csr_kernels_usable", lambda g: False)
+        for g in (graph, dup):
+            op = g.operator()
+            assert isinstance(op, graphprop.GraphOperator) and op.column_multiple >= 1
+            torch.testing.assert_close(g.matmul(z), w @ z)
+            out = torch.full((20, 5), float("nan"), dtype=dtype)
+            assert g.matmul(z, out=out) is out  # out= is written and returned
+            torch.testing.assert_close(out, w @ z)
+            assert torch.equal(z, before)  # the input is never written
+    with pytest.raises(ValueError, match="z must have N=20"):
+        graph.matmul(torch.rand(19, 2, dtype=dtype))
+    with pytest.raises(TypeError, match="z must be a floating"):
+        graph.matmul(torch.ones(20, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_propagation_operator_is_w_hat_transposed(normalize, monkeypatch):
+    from graphprop import _graph
+
+    w = _random_dense(4, 15)
+    w[3, 3] = 2.0  # a self-loop: dropped by the normalisation
+    w[:, 6] = 0  # in-degree 0: that node sends nothing once normalised
+    graph = Graph.from_dense(w)
+    expected = DenseGraph(w).propagation_operator(torch.float64, normalize=normalize).m  # the dense P
+    eye = torch.eye(15, dtype=torch.float64)
+    for fallback in (False, True):
+        if fallback:
+            monkeypatch.setattr(_graph, "_csr_kernels_usable", lambda g: False)
+        p = graph.propagation_operator(torch.float64, normalize=normalize)
+        torch.testing.assert_close(p(eye), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_detached_graph_shares_the_symmetry_cache(monkeypatch):
+    graph = symmetrize(Graph.from_dense(_random_dense(5, 10)))
+    weight = graph.edge_weight.clone().requires_grad_(True)
+    grad_graph = Graph(graph.edge_index, weight, 10)
+    assert graph.detach() is graph
+    detached = grad_graph.detach()
+    assert detached is not grad_graph and not detached.edge_weight.requires_grad
+    calls = []
+    real = Graph._compute_symmetric
+    monkeypatch.setattr(Graph, "_compute_symmetric", lambda self: calls.append(1) or real(self))
+    assert detached.is_symmetric() and grad_graph.is_symmetric()
+    assert len(calls) == 1
+
+
+# ------------------------------------------------------------------ validators
+def test_validators_raise_one_error_type_per_kind_of_mistake():
+    from graphprop._validation import check_choice, check_int, check_positive_int, check_range, check_tensor
+
+    assert check_int("n", 0, minimum=0) == 0 and check_int("n", np.int32(3), minimum=1) == 3
+    assert type(check_int("n", np.int64(3), minimum=1)) is int
+    for bad in (1.5, 2.0, True, np.bool_(True), "3", None):
+        with pytest.raises(TypeError, match="^n must be an integer"):
+            check_int("n", bad, minimum=0)
+    with pytest.raises(ValueError, match="^n must be an integer >= 0"):
+        check_int("n", -1, minimum=0)
+    assert check_positive_int("k", 2) == 2
+    with pytest.raises(ValueError, match="^k must be an integer >= 1, got 0"):
+        check_positive_int("k", 0)
+    with pytest.raises(TypeError, match="^k must be an integer"):
+        check_positive_int("k", 2.0)
+    with pytest.warns(DeprecationWarning, match="check_int"):
+        assert check_positive_int("k", 0, minimum=0) == 0
+    assert check_range("a", np.float32(0.5), low=0.0) == 0.5 and check_range("a", torch.tensor(0.5), low=0.0) == 0.5
+    with pytest.raises(TypeError, match="^a must be a number"):
+        check_range("a", "0.5", low=0.0)
+    with pytest.raises(ValueError, match="^a must be in"):
+        check_range("a", float("nan"), low=0.0)
+    assert check_choice("s", "cg", ["cg", "direct"]) == "cg"
+    with pytest.raises(ValueError, match="^s must be one of"):
+        check_choice("s", "jacobi", ["cg", "direct"])
+    with pytest.raises(TypeError, match="^s must be a str"):
+        check_choice("s", 3, ["cg", "direct"])
+    with pytest.raises(TypeError, match="^t must be a torch.Tensor"):
+        check_tensor("t", [1.0])
+    with pytest.raises(TypeError, match="^t must be a floating"):
+        check_tensor("t", torch.ones(2, dtype=torch.long), floating=True)
+    with pytest.raises(ValueError, match=r"^t must have 2 dimensions \(N, D\)"):
+        check_tensor("t", torch.ones(2), dims=("N", "D"))
+
+
+def test_label_propagation_argument_types():
+    graph = symmetrize(Graph.from_dense(_random_dense(6, 8)))
+    y = torch.rand(8, 2, dtype=torch.float64)
+    for kwargs in ({"max_iter": 2.0}, {"max_iter": True}, {"alpha": "0.5"}, {"tol": None}, {"solver": 3}):
+        with pytest.raises(TypeError, match=next(iter(kwargs))):
+            graphprop.label_propagation(graph, y, **kwargs)
+    for kwargs in ({"max_iter": 0}, {"alpha": 1.5}, {"tol": float("nan")}, {"solver": "jacobi"}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            graphprop.label_propagation(graph, y, **kwargs)
+    with pytest.raises(TypeError, match="^y must be a torch.Tensor"):
+        graphprop.label_propagation(graph, y.numpy())
+
+
+# --------------------------------------------------------------- import graph
+def _graphprop_imports():
+    """{module: set of graphprop modules it imports}, from the source: module-level and
+    function-level imports (what runs), not those under ``if TYPE_CHECKING:``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(graphprop.__file__).parent
+    modules = {p.stem for p in root.glob("*.py")}
+
+    def type_checking(node):
+        return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+    graph = {}
+    for name in modules:
+        found = set()
+        stack = [ast.parse((root / f"{name}.py").read_text())]
+        while stack:
+            node = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                if type_checking(child):
+                    stack.extend(child.orelse)
+                    continue
+                stack.append(child)
+                if isinstance(child, ast.ImportFrom):
+                    base = child.module or ""
+                    if child.level == 0 and not base.startswith("graphprop"):
+                        continue
+                    base = base.removeprefix("graphprop").lstrip(".")
+                    if base:
+                        found.add(base.split(".")[0])
+                    else:  # from . import x: a module, or a name of the package itself
+                        found.update(a.name if a.name in modules else "__init__" for a in child.names)
+                elif isinstance(child, ast.Import):
+                    found.update(a.name.split(".")[1] if "." in a.name else "__init__"
+                                 for a in child.names if a.name.split(".")[0] == "graphprop")
+        graph[name] = found - {name}
+    return graph
+
+
+def _find_cycle(graph):
+    """One import cycle of ``graph`` as a list of modules, or None."""
+    state, path = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    # the package's circle before the protocol: _graph -> _grid (lazy) -> _stencil -> _grid
+    assert _find_cycle({"_graph": {"_grid"}, "_grid": {"_stencil", "_graph"}, "_stencil": {"_grid"}})
+
+
+def test_graphprop_modules_import_no_circle():
+    graph = _graphprop_imports()
+    assert {"_graph", "_stencil", "_window"} <= graph["_grid"]  # the parser sees the imports
+    assert "_numba_kernels" in graph["_stencil"]  # function-level ones too
+    assert _find_cycle(graph) is None, f"import cycle: {' -> '.join(_find_cycle(graph))}"
+    for leaf in ("_protocol", "_window", "_validation", "_cache"):
+        assert graph[leaf] == set(), f"{leaf} should import nothing from graphprop, imports {graph[leaf]}"
+
+
+def test_graph_grid_and_stencil_import_alone_in_any_order():
+    """Each of the three modules imports in a fresh package (no ``graphprop/__init__``
+    run first), in every order: none needs another half-initialised."""
+    import itertools
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(graphprop.__file__).parent
+    orders = list(itertools.permutations(["_graph", "_grid", "_stencil"]))
+    script = f"""
+import importlib, sys, types
+for order in {orders!r}:
+    for name in [m for m in sys.modules if m == "graphprop" or m.startswith("graphprop.")]:
+        del sys.modules[name]
+    package = types.ModuleType("graphprop")
+    package.__path__ = [{str(root)!r}]
+    sys.modules["graphprop"] = package  # the bare package: its __init__ does not run
+    for name in order:
+        importlib.import_module("graphprop." + name)
+print("ok", len({orders!r}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok 6"

@@ -167,8 +167,16 @@ def test_grid_bad_inputs():
         gp.grid_graph(torch.full((1, 3, 3), float("nan")), 1)
     with pytest.raises(ValueError, match="radius"):
         gp.grid_graph(torch.rand(1, 3, 3), 0)
+    with pytest.raises(TypeError, match="radius"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1.0)
+    with pytest.raises(TypeError, match="signal"):
+        gp.grid_graph(torch.ones(1, 3, 3, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="tau"):
         gp.grid_graph(torch.rand(1, 3, 3), 1, 0.0)
+    with pytest.raises(TypeError, match="tau"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, "0.01")
+    with pytest.raises(TypeError, match="tau .*weight tensors"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, lambda a, b: 1.0)
     with pytest.raises(ValueError, match="non-negative"):
         gp.grid_graph(torch.rand(1, 3, 3), 1, lambda a, b: -torch.ones(a.shape[1:]))
     with pytest.raises(ValueError, match=r"\(h, w\)"):
@@ -180,6 +188,82 @@ def test_grid_bad_inputs():
         grid.matmul(torch.rand(8, 2))
     with pytest.raises(ValueError, match="kernel"):
         grid.matmul(torch.rand(9, 2), kernel="cuda")
+    with pytest.raises(TypeError, match="kernel"):
+        grid.matmul(torch.rand(9, 2), kernel=1)
+    with pytest.raises(TypeError, match="z must be a floating"):
+        grid.matmul(torch.ones(9, 2, dtype=torch.long))
+
+
+def test_grid_graph_weight_keyword_is_a_deprecated_name_of_tau():
+    signal = torch.rand(3, 6, 7, generator=torch.Generator().manual_seed(4))
+    expected = gp.grid_graph(signal, 2, 0.3).weights
+    assert torch.equal(gp.grid_graph(signal, 2, tau=0.3).weights, expected)
+    with pytest.warns(DeprecationWarning, match="tau"):
+        old = gp.grid_graph(signal, 2, weight=0.3)
+    assert torch.equal(old.weights, expected)
+    assert not torch.equal(gp.grid_graph(signal, 2).weights, expected)  # the default tau 0.01 differs
+
+
+def test_fold_scale_and_its_deprecated_alias_materialize():
+    grid = gp.sym_normalize(gp.grid_graph(torch.rand(2, 5, 6, dtype=torch.float64), 2, 0.3))
+    folded = grid.fold_scale()
+    assert folded.scale is None and isinstance(folded, gp.GridGraph)  # still a stencil
+    torch.testing.assert_close(folded.to_sparse_coo().to_dense(), grid.to_sparse_coo().to_dense())
+    dense = grid.to_sparse_coo().to_dense()
+    ys, xs = torch.meshgrid(torch.arange(5), torch.arange(6), indexing="ij")
+    p = ys.reshape(-1) * 6 + xs.reshape(-1)
+    for o, (dy, dx) in enumerate(grid.offsets):  # the folded weights are W's entries, offset by offset
+        inside = (ys + dy >= 0) & (ys + dy < 5) & (xs + dx >= 0) & (xs + dx < 6)
+        q = (ys + dy).clamp(0, 4) * 6 + (xs + dx).clamp(0, 5)
+        expected = torch.where(inside, dense[p, q.reshape(-1)].reshape(5, 6), 0.0)
+        torch.testing.assert_close(folded.weights[o], expected)
+    assert folded.fold_scale() is folded
+    with pytest.warns(DeprecationWarning, match="fold_scale"):
+        assert torch.equal(grid.materialize().weights, folded.weights)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_grid_matmul_out_and_operator_contract(kernel):
+    gen = torch.Generator().manual_seed(6)
+    for grid in (gp.grid_graph(torch.rand(2, 7, 8, generator=gen), 2, 0.3),  # mirrored
+                 gp.GridGraph(torch.rand(24, 7, 8, generator=gen), 2)):  # not symmetric
+        dense = grid.to_sparse_coo().to_dense().double()
+        op = grid.operator(torch.float32, kernel=kernel)
+        assert isinstance(op, gp.GraphOperator) and op.column_multiple >= 1
+        for e in (3, op.column_multiple, 2 * op.column_multiple):  # padded and unpadded widths
+            z = torch.rand(e, 56, generator=gen).T  # not contiguous
+            before = z.clone()
+            out = torch.full((56, e), float("nan"))
+            assert grid.matmul(z, out=out, kernel=kernel) is out
+            torch.testing.assert_close(out.double(), dense @ z.double(), rtol=1e-5, atol=1e-6)
+            assert torch.equal(z, before)
+            zc = z.contiguous()
+            out = torch.empty(56, e)
+            assert op(zc, out=out) is out
+            torch.testing.assert_close(out.double(), dense @ zc.double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_grid_propagation_operator_is_w_hat_transposed(normalize):
+    gen = torch.Generator().manual_seed(7)
+    for grid in (gp.grid_graph(torch.rand(2, 4, 5, generator=gen, dtype=torch.float64), 1, 0.3),
+                 gp.GridGraph(torch.rand(8, 4, 5, generator=gen, dtype=torch.float64), 1)):
+        wt = grid.to_sparse_coo().to_dense().T  # rows = receiving pixels
+        if normalize:
+            s = wt.sum(1).where(wt.sum(1) > 0, torch.ones(())).rsqrt()  # in-degrees, zero counted as 1
+            wt = s[:, None] * wt * s[None, :]
+        p = grid.propagation_operator(torch.float64, normalize=normalize)
+        torch.testing.assert_close(p(torch.eye(20, dtype=torch.float64)), wt, rtol=1e-12, atol=1e-14)
+
+
+def test_grid_symmetry_check_within_rounding_is_cached_and_sees_edits():
+    grid = gp.grid_graph(torch.rand(2, 5, 6, dtype=torch.float64), 1, 0.3)
+    weights = grid.weights.clone()  # a new tensor: not known mirrored
+    weights[3, 2, 2] *= 1 + 1e-15  # within rounding of its mirror, so not exactly mirrored
+    near = gp.GridGraph(weights, 1)
+    assert not near.is_mirrored and near.is_symmetric()
+    weights[3, 2, 2] += 0.5  # in place: the cached answer is not served
+    assert not near.is_symmetric()
 
 
 def test_rgb_to_lab_reference_values():

@@ -364,9 +364,9 @@ def test_bad_metric_and_backend_rejected():
         graphprop.knn_graph(x, 2, metric="cos")
 
 
-@pytest.mark.parametrize("k", [0, -1, 2.0, True])
-def test_bad_k_rejected(k):
-    with pytest.raises(ValueError, match="k"):
+@pytest.mark.parametrize(("k", "error"), [(0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_bad_k_rejected(k, error):
+    with pytest.raises(error, match="k"):
         graphprop.knn(torch.randn(6, 3), k)
 
 

@@ -36,7 +36,8 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_command():
 def test_public_names_are_locked():
     assert sorted(graphprop.__all__) == sorted(
         [
-            "ConvergenceWarning", "Graph", "GridGraph", "PropagationResult", "degree",
+            "ConvergenceWarning", "Graph", "GraphOperator", "GridGraph", "PropagationGraph", "PropagationResult",
+            "degree",
             "exp_distance_weight", "grid_graph", "grid_offsets", "knn", "knn_graph",
             "label_propagation", "remove_self_loops", "select_knn_backend", "sym_normalize",
             "symmetrize",

@@ -268,3 +268,41 @@ def test_bad_inputs_name_the_argument(monkeypatch):
     monkeypatch.setattr(_propagation, "DIRECT_MAX_NODES", 5)
     with pytest.raises(ValueError, match="N <= 5"):
         gp.label_propagation(graph, y, solver="direct")
+
+
+# ------------------------------------------------------------------ solver table
+def test_solver_table_lists_every_solver():
+    assert _propagation.SOLVERS == ("auto", *_propagation.SOLVER_TABLE)
+    assert set(_propagation.SOLVER_TABLE) == {"cg", "fixed_point", "direct"}
+    assert _propagation.SOLVER_TABLE["cg"].needs_symmetric
+    assert not _propagation.SOLVER_TABLE["fixed_point"].needs_symmetric
+    assert _propagation.SOLVER_TABLE["direct"].dtype == torch.float64
+
+
+def test_a_new_solver_is_one_table_entry(monkeypatch):
+    """A Neumann-series solver ``Z = sum_t (alpha P)^t Y``, registered by one entry:
+    label_propagation validates the name, builds the operator and reports it."""
+    seen = {}
+
+    def neumann(p, y, alpha, tol, max_iter):
+        seen["dtype"] = y.dtype
+        z, term = y.clone(), y.clone()
+        for _ in range(max_iter):
+            term = alpha * p(term)
+            z += term
+        iters = torch.full((y.size(1),), max_iter, dtype=torch.long)
+        return z, iters, (y - z + alpha * p(z)).norm(dim=0) / y.norm(dim=0)
+
+    monkeypatch.setitem(_propagation.SOLVER_TABLE, "neumann",
+                        _propagation.SolverSpec(neumann, needs_symmetric=True, dtype=torch.float64))
+    graph = random_graph(4, 30)
+    y = torch.rand(30, 2)
+    info = gp.label_propagation(graph, y, alpha=0.5, solver="neumann", max_iter=80, return_info=True)
+    assert info.solver == "neumann" and seen["dtype"] == torch.float64 and info.z.dtype == torch.float32
+    torch.testing.assert_close(info.z, gp.label_propagation(graph, y, alpha=0.5, solver="direct"), rtol=1e-6, atol=1e-6)
+    directed = gp.Graph(torch.tensor([[0], [1]]), torch.tensor([1.0], dtype=torch.float64), 30)
+    with pytest.raises(ValueError, match="symmetric .*solver='neumann'"):  # what the entry says it needs
+        gp.label_propagation(directed, y, solver="neumann")
+    monkeypatch.delitem(_propagation.SOLVER_TABLE, "neumann")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        gp.label_propagation(graph, y, solver="neumann")

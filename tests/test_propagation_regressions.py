@@ -263,7 +263,7 @@ def test_torch_fallback_operator_equals_the_csr_kernel(monkeypatch):
     kw = {"alpha": 0.9, "solver": "fixed_point", "tol": 0.0, "max_iter": 8}
     for normalize in (True, False):
         fast = gp.label_propagation(graph, y, normalize=normalize, **kw)
-        monkeypatch.setattr(_propagation, "_csr_kernels_usable", lambda g: False)
+        monkeypatch.setattr(_graph, "_csr_kernels_usable", lambda g: False)
         slow = gp.label_propagation(graph, y, normalize=normalize, **kw)
         monkeypatch.undo()
         torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-13)
