@@ -44,7 +44,7 @@ class DatasetInfo:
     """One benchmark's protocol: class names (``;`` separates synonyms) and on-disk layout.
 
     ``root`` is relative to ``--data-root``; ``img_dir``, ``ann_dir`` and ``split`` to ``root``.
-    ``background``: the first class is the background (scored by its synonyms).
+    Where a benchmark has a background, it is the first class, scored by its synonyms.
     """
 
     name: str
@@ -56,7 +56,6 @@ class DatasetInfo:
     img_suffix: str
     ann_suffix: str
     reduce_zero_label: bool
-    background: bool
 
     @property
     def num_classes(self) -> int:
@@ -94,21 +93,12 @@ def read_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> torc
     Palette ("P") images give their indices (as VOC's), greyscale 8- or 16-bit their values; an RGB
     label is refused. ``reduce_zero_label``: 0 -> 255, every other value v != 255 -> v - 1.
     """
-    from PIL import Image
+    from .preprocess import open_image
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            if opened.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
-                raise ValueError(f"a label image must have one channel (palette or greyscale), got mode {opened.mode}")
-            array = np.asarray(opened).astype(np.int64)
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read label {path}: {error}") from None
-    except ValueError as error:
-        raise ValueError(f"cannot read label {path}: {error}") from None
+    with open_image(path, "label") as opened:
+        if opened.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+            raise ValueError(f"a label image must have one channel (palette or greyscale), got mode {opened.mode}")
+        array = np.asarray(opened).astype(np.int64)
     label = torch.from_numpy(array)
     if reduce_zero_label:
         label = torch.where(label == 0, IGNORE_INDEX, torch.where(label == IGNORE_INDEX, IGNORE_INDEX, label - 1))
@@ -236,7 +226,7 @@ def custom_dataset(images: str | os.PathLike, labels: str | os.PathLike, classes
         suffix = found.pop()
     info = DatasetInfo(name="custom", classes=classes, root="", img_dir=str(images.resolve()),
                        ann_dir=str(labels.resolve()), split=None, img_suffix=suffix, ann_suffix=ann_suffix,
-                       reduce_zero_label=reduce_zero_label, background=False)
+                       reduce_zero_label=reduce_zero_label)
     hint = (f"expected: image files {images}/<name>{suffix} and label PNGs {labels}/<name>{ann_suffix} "
             "(pixel value = class index, 255 = ignore)")
     return SegmentationDataset(info, Path("/"), layout_hint=hint)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -16,6 +18,38 @@ if TYPE_CHECKING:  # pragma: no cover - PIL is imported where images are read
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]
 
 
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, what: str = "image") -> Iterator[PIL.Image.Image]:
+    """The image file at ``path``, opened and decoded, for the ``with`` block; one error wording for every file read.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    what : str
+        What the file is, for the messages (``image``, ``label``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``<what> file not found: <path>``.
+    ValueError
+        ``cannot read <what> <path>: <why>``, for a file PIL cannot decode and for a ValueError the
+        block raises about it.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            yield opened
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read {what} {path}: {error}") from None
+
+
 def load_image(image: ImageInput) -> torch.Tensor:
     """Read any supported image into a (3, H, W) tensor: uint8 for 8-bit sources, float in [0, 1]
     for float tensors/arrays and 16-bit images.
@@ -27,15 +61,8 @@ def load_image(image: ImageInput) -> torch.Tensor:
     from PIL import Image, ImageOps
 
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                return load_image(ImageOps.exif_transpose(opened))
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from None
+        with open_image(image) as opened:
+            return load_image(ImageOps.exif_transpose(opened))
     if isinstance(image, Image.Image):
         if image.mode.startswith("I"):  # 16-bit greyscale: keep the precision, as float
             array = np.asarray(image).astype(np.float32) / 65535.0

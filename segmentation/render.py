@@ -19,6 +19,15 @@ def class_colours(count: int) -> np.ndarray:
     return np.array(colours, dtype=np.uint8)
 
 
+def rgb_array(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) uint8 or float image in [0, 1] as the (H, W, 3) uint8 array the pictures are drawn on.
+
+    A float image is scaled by 255 and rounded (clamped to [0, 255]); a uint8 one is taken as is.
+    """
+    rgb = image if image.dtype == torch.uint8 else (image * 255).round().clamp(0, 255).to(torch.uint8)
+    return rgb.permute(1, 2, 0).cpu().numpy()
+
+
 def label_image(labels: torch.Tensor, num_classes: int):
     """(H, W) class indices -> a palette ("P" mode) PIL image whose pixel values are the indices."""
     from PIL import Image
