@@ -14,7 +14,7 @@ from ._common import CommandError, add_model_arguments, build_segmenter, run_com
 __all__ = ["DESCRIPTION", "HELP", "NAME", "PROG", "add_arguments", "run"]
 
 NAME = "demo"
-PROG = "lposs demo"
+PROG = f"lposs {NAME}"  # the program named in its error lines
 HELP = 'a local web page to segment your own images interactively (pip install "lposs[demo]")'
 
 

@@ -28,10 +28,8 @@ from ._common import CommandError, add_model_arguments, run_command, start_run
 __all__ = ["DESCRIPTION", "HELP", "NAME", "PROG", "add_arguments", "main", "run"]
 
 NAME = "evaluate"
-PROG = "lposs evaluate"
+PROG = f"lposs {NAME}"  # the program named in its error lines
 HELP = "mIoU (and boundary IoU) on one of the paper's eight benchmarks or your own dataset"
-
-
 DESCRIPTION = (
     "Evaluate a method (--method: LPOSS+, LPOSS, MaskCLIP or any registered one) on a benchmark with the "
     "published protocol: per-class IoU, mIoU, pixel accuracy and optionally boundary IoU, written to a JSON file. "

@@ -9,7 +9,7 @@ from ._common import CommandError, run_command
 __all__ = ["DESCRIPTION", "HELP", "NAME", "PROG", "add_arguments", "run"]
 
 NAME = "graph-example"
-PROG = "lposs graph-example"
+PROG = f"lposs {NAME}"  # the program named in its error lines
 HELP = "propagate labels on a small built-in graph (two half-moons) and report"
 DESCRIPTION = "Label propagation on two interleaved half-moons with one known label each."
 

@@ -19,7 +19,7 @@ from ._common import CommandError, add_model_arguments, run_command, start_run
 __all__ = ["DESCRIPTION", "HELP", "NAME", "PROG", "add_arguments", "main", "run"]
 
 NAME = "segment"
-PROG = "lposs segment"
+PROG = f"lposs {NAME}"  # the program named in its error lines
 HELP = "segment images and folders with any list of class names (LPOSS+ by default)"
 DESCRIPTION = (
     "Label every pixel of each IMAGE (files, or folders searched recursively) with one of the given "

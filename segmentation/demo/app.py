@@ -68,11 +68,16 @@ class DemoApp:
 
     Parameters
     ----------
-    vlm, vm : the encoders (built once; every request builds a free LPOSS / MaskCLIP around them)
-    config : :class:`LPOSSConfig`; its k, alpha, tau and pixel_window are the page's defaults
-    max_pixels : larger images are refused (checked from the file's header, before decoding)
-    cache_size : how many encoded images are kept (least recently used goes first)
-    out_dir : where the download files are written (default: a new temporary folder)
+    vlm, vm : encoders
+        Built once; every request builds the chosen method around them (no loading).
+    config : LPOSSConfig, optional
+        Its k, alpha, tau and pixel_window are the page's defaults.
+    max_pixels : int
+        Larger images are refused (checked from the file's header, before decoding).
+    cache_size : int
+        How many encoded images are kept (least recently used goes first).
+    out_dir : str or Path, optional
+        Where the download files are written (default: a new temporary folder).
     """
 
     keep_results = 16  # result folders kept on disk; Gradio copies what it serves into its own cache

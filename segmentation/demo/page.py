@@ -31,8 +31,24 @@ def _import_gradio():
 
 
 def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None, title: str = "LPOSS demo"):
-    """The Gradio page (a ``gr.Blocks``) around ``app``; ``method`` is the one selected when it opens,
-    ``notice`` a line shown under the title (e.g. that the networks have random weights)."""
+    """The Gradio page around ``app``.
+
+    Parameters
+    ----------
+    app : DemoApp
+        The page's logic (encoders, settings, cache).
+    method : str
+        The display name of the method selected when the page opens (one of the registered
+        methods, :mod:`segmentation.methods`; the page lists them all).
+    notice : str, optional
+        A line shown under the title (e.g. that the networks have random weights).
+    title : str
+        The browser tab's title.
+
+    Returns
+    -------
+    gradio.Blocks
+    """
     gr = _import_gradio()
     defaults = app.default_settings
     methods = available_methods()
@@ -97,7 +113,24 @@ def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None
 
 
 def launch(blocks, app: DemoApp, *, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
-    """Serve the page: no share link, uploads capped in bytes too; returns Gradio's ``(app, local_url, _)``."""
+    """Serve the page: no share link, uploads capped in bytes too.
+
+    Parameters
+    ----------
+    blocks : gradio.Blocks
+        :func:`build_app`'s page.
+    app : DemoApp
+        Its ``max_pixels`` caps the upload size.
+    host, port : str, int or None
+        Where to serve (None: Gradio picks a free port).
+    block : bool
+        Wait until the server stops (False: return once it serves).
+
+    Returns
+    -------
+    tuple
+        Gradio's ``(app, local_url, share_url)``.
+    """
     return blocks.launch(
         server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
         quiet=True, show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False,
