@@ -60,9 +60,7 @@ def background_synonyms() -> tuple[str, ...]:
     of VOC in ``segmentation/data/datasets.json``."""
     from .datasets import DATASETS
 
-    voc = DATASETS["voc"]
-    assert voc.background
-    return tuple(voc.classes[0].split(";"))
+    return tuple(DATASETS["voc"].classes[0].split(";"))
 
 
 def class_lists(classes: Sequence[str] | str, background: bool = False) -> tuple[list[str], list[str]]:
@@ -199,12 +197,11 @@ def _save_array(array: np.ndarray) -> Callable[[Path], None]:
 
 def _write_outputs(paths: dict[str, Path], image: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
                    names: list[str]) -> None:
-    from .render import label_image, overlay_image
+    from .render import label_image, overlay_image, rgb_array
 
-    rgb = image if image.dtype == torch.uint8 else (image * 255).round().clamp(0, 255).to(torch.uint8)
     pictures = {
         "labels": label_image(labels, len(names)),
-        "overlay": overlay_image(rgb.permute(1, 2, 0).cpu().numpy(), labels, names),
+        "overlay": overlay_image(rgb_array(image), labels, names),
     }
     for kind, picture in pictures.items():
         _atomic_write(paths[kind], partial(picture.save, format="PNG"))

@@ -41,10 +41,26 @@ class DatasetLayoutError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One benchmark's protocol: class names (``;`` separates synonyms) and on-disk layout.
+    """One benchmark's protocol: class names and on-disk layout.
 
-    ``root`` is relative to ``--data-root``; ``img_dir``, ``ann_dir`` and ``split`` to ``root``.
-    ``background``: the first class is the background (scored by its synonyms).
+    Attributes
+    ----------
+    name : str
+        The registry name (``voc``, ...; ``custom`` for :func:`custom_dataset`).
+    classes : tuple of str
+        In label order, ``;`` between synonyms. Where a benchmark has a background, it is the
+        first class, scored by its synonyms.
+    root : str
+        The dataset's folder, relative to ``--data-root``.
+    img_dir, ann_dir : str
+        The image and label folders, relative to ``root``.
+    split : str or None
+        A file listing the images (one relative name per line), relative to ``root``; None: every
+        image in ``img_dir``.
+    img_suffix, ann_suffix : str
+        What the image and label file names end with.
+    reduce_zero_label : bool
+        Label 0 is ignored (255) and every other label drops by one.
     """
 
     name: str
@@ -56,7 +72,6 @@ class DatasetInfo:
     img_suffix: str
     ann_suffix: str
     reduce_zero_label: bool
-    background: bool
 
     @property
     def num_classes(self) -> int:
@@ -89,26 +104,34 @@ class Sample:
 
 
 def read_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> torch.Tensor:
-    """A label PNG as an (H, W) int64 tensor of class indices, 255 = ignore.
+    """Read a label PNG.
 
     Palette ("P") images give their indices (as VOC's), greyscale 8- or 16-bit their values; an RGB
-    label is refused. ``reduce_zero_label``: 0 -> 255, every other value v != 255 -> v - 1.
-    """
-    from PIL import Image
+    label is refused.
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            if opened.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
-                raise ValueError(f"a label image must have one channel (palette or greyscale), got mode {opened.mode}")
-            array = np.asarray(opened).astype(np.int64)
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read label {path}: {error}") from None
-    except ValueError as error:
-        raise ValueError(f"cannot read label {path}: {error}") from None
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    reduce_zero_label : bool
+        0 -> 255, every other value v != 255 -> v - 1.
+
+    Returns
+    -------
+    torch.Tensor
+        (H, W) int64 class indices, 255 = ignore.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        ``label file not found: ...`` / ``cannot read label ...: ...`` (:func:`~segmentation.preprocess.open_image`).
+    """
+    from .preprocess import open_image
+
+    with open_image(path, "label") as opened:
+        if opened.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+            raise ValueError(f"a label image must have one channel (palette or greyscale), got mode {opened.mode}")
+        array = np.asarray(opened).astype(np.int64)
     label = torch.from_numpy(array)
     if reduce_zero_label:
         label = torch.where(label == 0, IGNORE_INDEX, torch.where(label == IGNORE_INDEX, IGNORE_INDEX, label - 1))
@@ -120,10 +143,17 @@ class SegmentationDataset(Sequence[Sample]):
 
     Parameters
     ----------
-    info : :class:`DatasetInfo` (class names and layout)
-    root : the dataset's folder (``--data-root`` joined with ``info.root``)
+    info : DatasetInfo
+        Class names and layout.
+    root : str or os.PathLike
+        The dataset's folder (``--data-root`` joined with ``info.root``).
+    layout_hint : str, optional
+        What the layout error messages show (default: the tree ``info`` expects).
 
-    Raises :class:`DatasetLayoutError` when folders, the split file or every image are missing.
+    Raises
+    ------
+    DatasetLayoutError
+        Folders, the split file or every image are missing.
     """
 
     def __init__(self, info: DatasetInfo, root: str | os.PathLike, *, layout_hint: str | None = None):
@@ -143,8 +173,18 @@ class SegmentationDataset(Sequence[Sample]):
         return self.samples[index]
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """((3, H, W) uint8 or float image, (H, W) int64 label) of sample ``index``; raises
-        ValueError / OSError for a file that cannot be read."""
+        """Read sample ``index``.
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            The (3, H, W) uint8 or float image and the (H, W) int64 label.
+
+        Raises
+        ------
+        ValueError, OSError
+            A file that cannot be read.
+        """
         from .preprocess import load_image
 
         sample = self.samples[index]
@@ -203,9 +243,23 @@ def _registry_name(name: str) -> str:
 
 
 def load_dataset(name: str, data_root: str | os.PathLike) -> SegmentationDataset:
-    """One of the paper's benchmarks (``voc``, ``voc20``, ``context60``, ``context59``,
-    ``coco_object``, ``coco_stuff``, ``cityscapes``, ``ade20k``; ``-`` works for ``_``) under
-    ``data_root``."""
+    """One of the paper's benchmarks under ``data_root``.
+
+    Parameters
+    ----------
+    name : str
+        ``voc``, ``voc20``, ``context60``, ``context59``, ``coco_object``, ``coco_stuff``,
+        ``cityscapes`` or ``ade20k`` (any case; ``-`` works for ``_``).
+    data_root : str or os.PathLike
+        The folder holding the datasets.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    DatasetLayoutError
+        The dataset is not there as expected.
+    """
     info = DATASETS[_registry_name(name)]
     return SegmentationDataset(info, Path(data_root) / info.root)
 
@@ -213,11 +267,27 @@ def load_dataset(name: str, data_root: str | os.PathLike) -> SegmentationDataset
 def custom_dataset(images: str | os.PathLike, labels: str | os.PathLike, classes: Sequence[str], *,
                    img_suffix: str | None = None, ann_suffix: str = ".png",
                    reduce_zero_label: bool = False) -> SegmentationDataset:
-    """Your own dataset: a folder of images, a folder of label PNGs (pixel value = index in
-    ``classes``, 255 = ignore) with the same relative names, and the class list.
+    """Your own dataset: a folder of images, a folder of label PNGs with the same relative names, and the classes.
 
-    ``img_suffix`` None: every common image suffix (.jpg, .png, ...) is taken; each image's label is
-    ``labels/<relative name without suffix><ann_suffix>``.
+    Parameters
+    ----------
+    images, labels : str or os.PathLike
+        The folders; a label's pixel value is an index in ``classes``, 255 = ignore.
+    classes : sequence of str
+        The class names in label order (``;`` between synonyms).
+    img_suffix : str, optional
+        The images' suffix; None: the one common image suffix (.jpg, .png, ...) found in ``images``.
+    ann_suffix : str
+        Image ``images/<rel><img_suffix>`` has the label ``labels/<rel><ann_suffix>``.
+    reduce_zero_label : bool
+        Label 0 is ignored and every other label drops by one.
+
+    Raises
+    ------
+    ValueError
+        No classes.
+    DatasetLayoutError
+        A missing folder, no images or several suffixes (with ``img_suffix`` None), or no labels.
     """
     images, labels = Path(images), Path(labels)
     classes = tuple(classes)
@@ -236,7 +306,7 @@ def custom_dataset(images: str | os.PathLike, labels: str | os.PathLike, classes
         suffix = found.pop()
     info = DatasetInfo(name="custom", classes=classes, root="", img_dir=str(images.resolve()),
                        ann_dir=str(labels.resolve()), split=None, img_suffix=suffix, ann_suffix=ann_suffix,
-                       reduce_zero_label=reduce_zero_label, background=False)
+                       reduce_zero_label=reduce_zero_label)
     hint = (f"expected: image files {images}/<name>{suffix} and label PNGs {labels}/<name>{ann_suffix} "
             "(pixel value = class index, 255 = ignore)")
     return SegmentationDataset(info, Path("/"), layout_hint=hint)

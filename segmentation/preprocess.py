@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -16,26 +18,64 @@ if TYPE_CHECKING:  # pragma: no cover - PIL is imported where images are read
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]
 
 
-def load_image(image: ImageInput) -> torch.Tensor:
-    """Read any supported image into a (3, H, W) tensor: uint8 for 8-bit sources, float in [0, 1]
-    for float tensors/arrays and 16-bit images.
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, what: str = "image") -> Iterator[PIL.Image.Image]:
+    """The image file at ``path``, opened and decoded, for the ``with`` block; one error wording for every file read.
 
-    Accepts a file path, a PIL image (EXIF orientation applied; greyscale, palette, RGBA and 16-bit
-    converted to RGB), an (H, W, 3) / (H, W) / (H, W, 4) numpy array (uint8, uint16, or float in
-    [0, 1]) or a (3, H, W) float tensor in [0, 1].
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    what : str
+        What the file is, for the messages (``image``, ``label``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``<what> file not found: <path>``.
+    ValueError
+        ``cannot read <what> <path>: <why>``, for a file PIL cannot decode and for a ValueError the
+        block raises about it.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            yield opened
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read {what} {path}: {error}") from None
+
+
+def load_image(image: ImageInput) -> torch.Tensor:
+    """Read any supported image into a tensor.
+
+    Parameters
+    ----------
+    image : path, PIL image, numpy array or torch.Tensor
+        A file path (EXIF orientation applied), a PIL image (greyscale, palette, RGBA and 16-bit
+        converted to RGB), an (H, W, 3) / (H, W) / (H, W, 4) numpy array (uint8, uint16, or float
+        in [0, 1]) or a (3, H, W) uint8 or float tensor in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        (3, H, W): uint8 for 8-bit sources, float in [0, 1] for float inputs and 16-bit images.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, TypeError
+        A missing or unreadable file (see :func:`open_image`), a bad shape or value range, an
+        unsupported type.
     """
     from PIL import Image, ImageOps
 
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                return load_image(ImageOps.exif_transpose(opened))
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from None
+        with open_image(image) as opened:
+            return load_image(ImageOps.exif_transpose(opened))
     if isinstance(image, Image.Image):
         if image.mode.startswith("I"):  # 16-bit greyscale: keep the precision, as float
             array = np.asarray(image).astype(np.float32) / 65535.0
@@ -74,8 +114,20 @@ def _check_float(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def working_size(height: int, width: int, short_side: int = 448, long_side_cap: int = 2048) -> tuple[int, int]:
-    """The size LPOSS works at: ``s = min(long_side_cap / long, short_side / short)``,
-    ``(int(H * s + 0.5), int(W * s + 0.5))``."""
+    """The size LPOSS works at.
+
+    Parameters
+    ----------
+    height, width : int
+        The image's size.
+    short_side, long_side_cap : int
+        The short side's target and the long side's cap.
+
+    Returns
+    -------
+    (int, int)
+        ``(int(H * s + 0.5), int(W * s + 0.5))`` with ``s = min(long_side_cap / long, short_side / short)``.
+    """
     scale = min(long_side_cap / max(height, width), short_side / min(height, width))
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
@@ -84,7 +136,7 @@ RESIZE_METHODS = ("torch", "opencv")
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int], method: str = "torch") -> torch.Tensor:
-    """(3, H, W) uint8 or float -> (3, h, w) float in [0, 1] at ``size``.
+    """Resize an image to ``size`` as the published pipeline does.
 
     8-bit images are resized bilinearly (half-pixel centres, no antialiasing: OpenCV's
     ``INTER_LINEAR`` rule), rounded back to 8 bits, then divided by 255, as the published
@@ -93,6 +145,27 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], method: str = "torc
     ``opencv-python-headless``), whose fixed-point arithmetic differs by one level on some values:
     bit-exact parity with the published pipeline. Float images are resized in float without
     rounding (either method), and returned as given when already at ``size``.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        (3, H, W) uint8, or float in [0, 1].
+    size : (int, int)
+        (h, w).
+    method : str
+        ``torch`` or ``opencv``.
+
+    Returns
+    -------
+    torch.Tensor
+        (3, h, w) float in [0, 1], on ``image``'s device.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``method``.
+    ImportError
+        ``method="opencv"`` without OpenCV.
     """
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method must be one of {', '.join(RESIZE_METHODS)}, got {method!r}")
@@ -123,11 +196,21 @@ def _import_cv2():
 
 
 def window_boxes(height: int, width: int, window: int = 224, stride: int = 112) -> list[tuple[int, int, int, int]]:
-    """Sliding windows ``(y1, y2, x1, x2)`` as published, row by row.
+    """Sliding windows as published, row by row.
 
-    ``max(H - window + stride - 1, 0) // stride + 1`` rows (same for columns); window i starts at
-    ``i * stride`` and is shifted back to end inside the image; smaller than ``window`` only where
-    the image is.
+    Parameters
+    ----------
+    height, width : int
+        The image's size.
+    window, stride : int
+        The window's side and the step between windows, in pixels.
+
+    Returns
+    -------
+    list of (y1, y2, x1, x2)
+        ``max(H - window + stride - 1, 0) // stride + 1`` rows (same for columns); window i starts
+        at ``i * stride`` and is shifted back to end inside the image; smaller than ``window`` only
+        where the image is.
     """
     rows = max(height - window + stride - 1, 0) // stride + 1
     cols = max(width - window + stride - 1, 0) // stride + 1

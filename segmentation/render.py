@@ -10,7 +10,18 @@ import torch
 
 
 def class_colours(count: int) -> np.ndarray:
-    """(count, 3) uint8 colours, well apart in hue, the same for a class index every time."""
+    """Colours for ``count`` classes, well apart in hue, the same for a class index every time.
+
+    Parameters
+    ----------
+    count : int
+        How many classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        (count, 3) uint8 RGB colours; row ``i`` is class ``i``'s.
+    """
     colours = []
     for i in range(count):
         hue = (i * 0.618033988749895) % 1.0  # golden-ratio steps: neighbours differ
@@ -19,8 +30,42 @@ def class_colours(count: int) -> np.ndarray:
     return np.array(colours, dtype=np.uint8)
 
 
+def rgb_array(image: torch.Tensor) -> np.ndarray:
+    """An image as the uint8 array the pictures are drawn on.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        (3, H, W) uint8, or float in [0, 1] (scaled by 255, rounded and clamped to [0, 255]).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, 3) uint8, on the CPU.
+    """
+    rgb = image if image.dtype == torch.uint8 else (image * 255).round().clamp(0, 255).to(torch.uint8)
+    return rgb.permute(1, 2, 0).cpu().numpy()
+
+
 def label_image(labels: torch.Tensor, num_classes: int):
-    """(H, W) class indices -> a palette ("P" mode) PIL image whose pixel values are the indices."""
+    """A palette ("P" mode) PIL image whose pixel values are the class indices.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        (H, W) class indices in ``[0, num_classes)``.
+    num_classes : int
+        At most 256; the palette gives class ``i`` the colour ``class_colours(num_classes)[i]``.
+
+    Returns
+    -------
+    PIL.Image.Image
+
+    Raises
+    ------
+    ValueError
+        More than 256 classes.
+    """
     from PIL import Image
 
     if num_classes > 256:
@@ -35,7 +80,21 @@ def label_image(labels: torch.Tensor, num_classes: int):
 def overlay_image(image: np.ndarray, labels: torch.Tensor, class_names: list[str], opacity: float = 0.5):
     """The image blended with class colours, with a legend (colour, name, share) of the classes present.
 
-    ``image``: (H, W, 3) uint8; ``labels``: (H, W) class indices.
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W, 3) uint8.
+    labels : torch.Tensor
+        (H, W) class indices.
+    class_names : list of str
+        The classes (``;`` between synonyms; the legend shows the first).
+    opacity : float
+        The colours' weight in the blend.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, the blended image with the legend to its right (wider than ``image``).
     """
     from PIL import Image, ImageDraw
 
@@ -80,7 +139,20 @@ def _legend_text(name: str, count: int, total: int) -> str:
 
 
 def class_shares(labels: torch.Tensor, class_names: list[str]) -> list[tuple[str, float]]:
-    """(class name, share of pixels in percent) of the classes present, largest first."""
+    """The share of the pixels of each class present.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        (H, W) class indices.
+    class_names : list of str
+        The classes.
+
+    Returns
+    -------
+    list of (str, float)
+        (class name, percent of the pixels), largest first (ties in class order).
+    """
     counts = torch.bincount(labels.reshape(-1).cpu(), minlength=len(class_names))
     total = int(labels.numel())
     order = torch.argsort(counts, descending=True, stable=True)

@@ -327,7 +327,7 @@ def test_cli_fp16_on_cpu_is_one_line(capsys, tmp_path, monkeypatch):
 
 
 def test_cli_slow_bf16_warning_is_one_line(monkeypatch, capsys, tiny_clip_configs):
-    from segmentation._command_common import build_segmenter
+    from segmentation.commands._common import build_segmenter
 
     monkeypatch.setattr(_precision, "cpu_has_bf16", lambda: False)
     model = build_segmenter("lposs", f"open_clip:{tiny_clip_configs[0]}", "timm:vit_small_patch16_224.dino",

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmentation import cli, evaluate
+from segmentation import cli
 from segmentation.datasets import DATASETS, write_synthetic_dataset
+from segmentation.evaluation import loop
 
 pytestmark = pytest.mark.usefixtures("quiet_random_init")
 
@@ -88,7 +89,7 @@ def test_evaluate_writes_results_and_predictions(voc, full_run, capsys):
 def test_resume_after_an_interruption_gives_the_same_result(voc, full_run, tmp_path, monkeypatch):
     root, _ = voc
     out = tmp_path / "results.json"
-    real = evaluate._evaluate_sample
+    real = loop.evaluate_sample
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -97,7 +98,7 @@ def test_resume_after_an_interruption_gives_the_same_result(voc, full_run, tmp_p
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "_evaluate_sample", interrupted)
+    monkeypatch.setattr(loop, "evaluate_sample", interrupted)
     assert cli.main(_args(root, out, "--measure-boundary")) == 130
     state = tmp_path / "results.json.partial" / "rank0-of-1.pt"
     assert not out.exists() and state.is_file()
@@ -105,9 +106,9 @@ def test_resume_after_an_interruption_gives_the_same_result(voc, full_run, tmp_p
 
     saved = torch.load(state, weights_only=False)
     assert len(saved["done"]) == 1 and saved["metrics"]["images"] == 1 and saved["timings"]["vlm"] > 0
-    monkeypatch.setattr(evaluate, "_evaluate_sample", real)
+    monkeypatch.setattr(loop, "evaluate_sample", real)
     resumed_calls = []
-    monkeypatch.setattr(evaluate, "_evaluate_sample", lambda *a, **k: resumed_calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(loop, "evaluate_sample", lambda *a, **k: resumed_calls.append(1) or real(*a, **k))
     assert cli.main(_args(root, out, "--measure-boundary", "--resume")) == 0
     assert len(resumed_calls) == 2  # the first image was not redone
     resumed = json.loads(out.read_text())
@@ -155,7 +156,7 @@ def test_bad_input_is_one_line_and_exit_2(voc, tmp_path, tiny_clip_configs, caps
 
 def test_resume_refuses_a_run_with_other_settings(voc, tmp_path, tiny_clip_configs, monkeypatch, capsys):
     root, _ = voc
-    monkeypatch.setattr(evaluate, "_evaluate_sample", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(loop, "evaluate_sample", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main(_args(root, tmp_path / "r.json", "--method", "maskclip")) == 130
     assert cli.main(_args(root, tmp_path / "r.json", "--method", "maskclip", "--limit", "2", "--resume")) == 2
     assert "other settings" in capsys.readouterr().err
@@ -201,7 +202,7 @@ def test_predictions_of_more_than_256_classes_are_16_bit(tmp_path):
             return scores
 
     metrics = SegmentationMetrics(300)
-    evaluate._evaluate_sample(Scores(), data, 0, classes, metrics, {}, tmp_path / "out")
+    loop.evaluate_sample(Scores(), data, 0, classes, metrics, {}, tmp_path / "out")
     saved = Image.open(tmp_path / "out" / "a.png")
     values = np.asarray(saved)
     assert values[0, 0] == 7 and values[1, 1] == 299 and values.shape == (6, 8)

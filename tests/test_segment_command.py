@@ -134,7 +134,7 @@ def test_two_processes_under_torchrun_equal_one(tmp_path):
     outputs = {}
     for procs in (1, 2):
         out = tmp_path / f"out{procs}"
-        done = run_under_torchrun(tmp_path, "segmentation.segment_command", procs, [
+        done = run_under_torchrun(tmp_path, "segmentation.segment", procs, [
             str(photos), "--classes", "cat,sky;cloud", "--out", str(out), "--coco-json", str(out / "coco.json"),
             "--vlm", f"open_clip:{TINY_CLIP}", "--vm", VM, "--random-init", "--device", "cpu", "--method", "lposs"],
             port=29700)

@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._command_common import read_class_list
+from ..classnames import read_class_list
+from ..methods import Method, available_methods
 from ..pipeline import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
+from ..render import rgb_array
 
-__all__ = ["DemoApp", "DemoInputError", "DemoResult", "EncodedImage", "legend_html", "parse_classes"]
+__all__ = ["DemoApp", "DemoInputError", "DemoResult", "EncodedImage", "legend_html", "method_named", "method_names",
+           "parse_classes"]
 
-METHODS = ("LPOSS+", "LPOSS", "MaskCLIP")
 SETTINGS = ("k", "alpha", "tau", "pixel_window")  # the settings on the page; the rest stay as configured
 DEFAULT_MAX_PIXELS = 20_000_000
 NETWORK_STAGES = ("preprocess", "vlm", "vm")
@@ -66,11 +68,16 @@ class DemoApp:
 
     Parameters
     ----------
-    vlm, vm : the encoders (built once; every request builds a free LPOSS / MaskCLIP around them)
-    config : :class:`LPOSSConfig`; its k, alpha, tau and pixel_window are the page's defaults
-    max_pixels : larger images are refused (checked from the file's header, before decoding)
-    cache_size : how many encoded images are kept (least recently used goes first)
-    out_dir : where the download files are written (default: a new temporary folder)
+    vlm, vm : encoders
+        Built once; every request builds the chosen method around them (no loading).
+    config : LPOSSConfig, optional
+        Its k, alpha, tau and pixel_window are the page's defaults.
+    max_pixels : int
+        Larger images are refused (checked from the file's header, before decoding).
+    cache_size : int
+        How many encoded images are kept (least recently used goes first).
+    out_dir : str or Path, optional
+        Where the download files are written (default: a new temporary folder).
     """
 
     keep_results = 16  # result folders kept on disk; Gradio copies what it serves into its own cache
@@ -141,8 +148,7 @@ class DemoApp:
         except (OSError, ValueError, TypeError) as error:
             raise DemoInputError(f"Cannot read {Path(path).name}: {str(error).split(': ')[-1]}") from None
         features = self._encoder.encode(loaded, on_stage=on_stage)
-        rgb = loaded if loaded.dtype == torch.uint8 else (loaded * 255).round().clamp(0, 255).to(torch.uint8)
-        entry = EncodedImage(digest, Path(path).stem, rgb.permute(1, 2, 0).numpy(), features)
+        entry = EncodedImage(digest, Path(path).stem, rgb_array(loaded), features)
         with self._lock:
             self.encode_count += 1
             self._cache[digest] = entry
@@ -151,9 +157,15 @@ class DemoApp:
         return entry
 
     def model(self, method: str = "LPOSS+", settings: dict | None = None) -> LPOSS | MaskCLIP:
-        """LPOSS+ / LPOSS / MaskCLIP with the page's settings around the shared encoders (no loading)."""
-        if method not in METHODS:
-            raise DemoInputError(f"Unknown method {method!r}: pick one of {', '.join(METHODS)}.")
+        """The method shown as ``method`` (LPOSS+, LPOSS, MaskCLIP or any registered one, see
+        :mod:`segmentation.methods`) with the page's settings around the shared encoders (no loading).
+
+        Raises
+        ------
+        DemoInputError
+            An unknown method or setting, or a bad setting value.
+        """
+        chosen = method_named(method)
         unknown = set(settings or {}) - set(SETTINGS)
         if unknown:
             raise DemoInputError(f"Unknown settings {sorted(unknown)}: the page has {', '.join(SETTINGS)}.")
@@ -162,12 +174,10 @@ class DemoApp:
             if isinstance(values[name], float) and values[name].is_integer():
                 values[name] = int(values[name])
         try:
-            config = LPOSSConfig(**{**self.config.as_dict(), **values, "pixel_refine": method == "LPOSS+"})
+            config = LPOSSConfig(**{**self.config.as_dict(), **values})
+            return chosen.build(self._encoder.vlm, self._encoder.vm, config)
         except ValueError as error:
             raise DemoInputError(f"Settings: {str(error).replace('LPOSSConfig.', '')}") from None
-        if method == "MaskCLIP":
-            return MaskCLIP(self._encoder.vlm, config)
-        return LPOSS(self._encoder.vlm, self._encoder.vm, config)
 
     def stage_order(self, method: str = "LPOSS+") -> list[str]:
         """The stages of one request in the order they start (the network stages only for a new image)."""
@@ -215,6 +225,27 @@ class DemoApp:
         seconds = time.perf_counter() - start
         return replace(result, status=f"Result {result.number}: {method} in {seconds:.2f} s, {how}. "
                                       f"Networks ran {self.encode_count} time(s) since the server started.")
+
+
+def method_names() -> tuple[str, ...]:
+    """The display names of the registered methods, as the page lists them (``LPOSS+``, ``LPOSS``, ...)."""
+    return tuple(m.display_name for m in available_methods())
+
+
+def method_named(display_name: str) -> Method:
+    """The registered method shown as ``display_name``; :class:`DemoInputError` when there is none."""
+    for method in available_methods():
+        if method.display_name == display_name:
+            return method
+    raise DemoInputError(f"Unknown method {display_name!r}: pick one of {', '.join(method_names())}.")
+
+
+def __getattr__(name: str):
+    if name == "METHODS":  # deprecated: a tuple fixed at import would miss the methods registered later
+        warnings.warn("segmentation.demo.app.METHODS is deprecated; use method_names() (the registered "
+                      "methods, segmentation.methods)", DeprecationWarning, stacklevel=2)
+        return method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_classes(classes: str | list[str]) -> list[str]:

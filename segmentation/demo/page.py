@@ -1,21 +1,18 @@
-"""The Gradio page around a :class:`~segmentation.demo.app.DemoApp`, and the ``lposs demo`` command.
+"""The Gradio page around a :class:`~segmentation.demo.app.DemoApp` (``lposs demo`` serves it:
+:mod:`segmentation.commands.demo`).
 
 Gradio is an optional extra (``pip install "lposs[demo]"``), imported only when a page is built.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
 import os
-import sys
-import time
 
-from .._command_common import add_model_arguments, build_segmenter
-from ..segment_command import DEFAULT_CLASSES, EXAMPLE_IMAGE
-from .app import DEFAULT_MAX_PIXELS, METHODS, SETTINGS, DemoApp, DemoInputError
+from ..examples import DEFAULT_CLASSES, EXAMPLE_IMAGE
+from ..methods import available_methods
+from .app import SETTINGS, DemoApp, DemoInputError
 
-__all__ = ["add_demo_arguments", "build_app", "launch", "run_demo"]
+__all__ = ["build_app", "launch"]
 
 INSTALL_HINT = 'pip install "lposs[demo]" (in a checkout: pip install -e ".[demo]")'
 STAGE_TEXT = {
@@ -34,10 +31,27 @@ def _import_gradio():
 
 
 def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None, title: str = "LPOSS demo"):
-    """The Gradio page (a ``gr.Blocks``) around ``app``; ``method`` is the one selected when it opens,
-    ``notice`` a line shown under the title (e.g. that the networks have random weights)."""
+    """The Gradio page around ``app``.
+
+    Parameters
+    ----------
+    app : DemoApp
+        The page's logic (encoders, settings, cache).
+    method : str
+        The display name of the method selected when the page opens (one of the registered
+        methods, :mod:`segmentation.methods`; the page lists them all).
+    notice : str, optional
+        A line shown under the title (e.g. that the networks have random weights).
+    title : str
+        The browser tab's title.
+
+    Returns
+    -------
+    gradio.Blocks
+    """
     gr = _import_gradio()
     defaults = app.default_settings
+    methods = available_methods()
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
         gr.Markdown("## LPOSS: segment your image with your own words\nUpload an image, name the classes, "
                     "press **Segment**. Changing only the classes, the method or the settings re-uses the image's "
@@ -50,8 +64,9 @@ def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None
                                  elem_id="lposs-image")
                 classes = gr.Textbox(label="Class names", placeholder="road, car, sky;cloud", elem_id="lposs-classes",
                                      info="',' between classes, ';' between synonyms of one class (Enter runs)")
-                chosen = gr.Radio(list(METHODS), value=method, label="Method", elem_id="lposs-method",
-                                  info="LPOSS+: patch + pixel propagation; LPOSS: patch only; MaskCLIP: none")
+                chosen = gr.Radio([m.display_name for m in methods], value=method, label="Method",
+                                  elem_id="lposs-method",
+                                  info="; ".join(f"{m.display_name}: {m.description}" for m in methods))
                 with gr.Accordion("Settings (published defaults)", open=False):
                     k = gr.Slider(1, 1000, value=defaults["k"], step=1, label="k: neighbours per patch")
                     alpha = gr.Slider(0.5, 0.99, value=defaults["alpha"], step=0.01,
@@ -98,7 +113,24 @@ def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None
 
 
 def launch(blocks, app: DemoApp, *, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
-    """Serve the page: no share link, uploads capped in bytes too; returns Gradio's ``(app, local_url, _)``."""
+    """Serve the page: no share link, uploads capped in bytes too.
+
+    Parameters
+    ----------
+    blocks : gradio.Blocks
+        :func:`build_app`'s page.
+    app : DemoApp
+        Its ``max_pixels`` caps the upload size.
+    host, port : str, int or None
+        Where to serve (None: Gradio picks a free port).
+    block : bool
+        Wait until the server stops (False: return once it serves).
+
+    Returns
+    -------
+    tuple
+        Gradio's ``(app, local_url, share_url)``.
+    """
     return blocks.launch(
         server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
         quiet=True, show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False,
@@ -106,63 +138,16 @@ def launch(blocks, app: DemoApp, *, host: str = "127.0.0.1", port: int | None = 
     )
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model options of every command (--method is the one selected when the page opens) and the server's."""
-    add_model_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
-                             "the network)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
-                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:.0e}, i.e. 20 megapixels)")
+def __getattr__(name: str):
+    # deprecated: the ``lposs demo`` command moved to segmentation.commands.demo (the page is the library
+    # part; the command sits on it)
+    if name in ("add_demo_arguments", "run_demo"):
+        import warnings
 
+        from ..commands import demo as command
 
-def _error(message: str) -> None:
-    print(f"lposs demo: error: {message}", file=sys.stderr)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Serve the page until Ctrl+C; returns the exit status (0, or 2 on bad options or a missing extra)."""
-    import encoders
-
-    try:
-        _import_gradio()
-    except ImportError:
-        _error(f"the demo needs Gradio, an optional extra: {INSTALL_HINT}")
-        return 2
-    if not 0 < args.port < 65536 or not args.max_pixels >= 1:
-        _error(f"--port must be in 1..65535 and --max-pixels >= 1, got {args.port} and {args.max_pixels:g}")
-        return 2
-    try:
-        model = build_segmenter("lposs+", args.vlm, args.vm, device=args.device, random_init=args.random_init,
-                                resize=args.resize, precision=args.precision, prog="lposs demo")
-    except (encoders.WeightsUnavailableError, ValueError, TypeError) as error:
-        _error(str(error))
-        return 2
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = int(args.max_pixels)  # PIL's decompression-bomb guard agrees with the page's limit
-    app = DemoApp(model.vlm, model.vm, model.config, max_pixels=int(args.max_pixels))
-    notice = "Random weights (--random-init): the labels are meaningless." if args.random_init else None
-    blocks = build_app(app, method={"lposs+": "LPOSS+", "lposs": "LPOSS", "maskclip": "MaskCLIP"}[args.method],
-                       notice=notice)
-    try:  # Ctrl+C at any point from here stops the server cleanly
-        try:
-            _, url, _ = launch(blocks, app, host=args.host, port=args.port, block=False)
-        except OSError as error:
-            _error(f"cannot serve on {args.host}:{args.port}: {error}")
-            return 2
-        try:
-            loopback = ipaddress.ip_address(args.host).is_loopback
-        except ValueError:
-            loopback = args.host == "localhost"
-        if not loopback:
-            print(f"lposs demo: warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
-        print(f"lposs demo: open {url} in a browser (Ctrl+C stops the server)", flush=True)
-        while blocks.is_running:  # Gradio's block_thread(), without its message
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        print("lposs demo: stopped", file=sys.stderr)
-    finally:
-        blocks.close(verbose=False)
-    return 0
+        new = {"add_demo_arguments": "add_arguments", "run_demo": "run"}[name]
+        warnings.warn(f"segmentation.demo.page.{name} is deprecated; use segmentation.commands.demo.{new}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(command, new)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
