@@ -18,11 +18,10 @@ __all__ = ["coco_categories", "coco_document", "coco_image", "label_annotations"
 
 
 def _mask_api():
-    try:
-        from pycocotools import mask
-    except ImportError:
-        raise ImportError('COCO output needs pycocotools: pip install "lposs[coco]"') from None
-    return mask
+    """pycocotools' mask API, or a one-line ImportError naming what installs it."""
+    from encoders._optional import require
+
+    return require("pycocotools.mask", feature="COCO output", extra="coco", package="pycocotools")
 
 
 def _display_name(name: str) -> str:

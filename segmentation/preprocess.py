@@ -187,12 +187,10 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], method: str = "torc
 
 
 def _import_cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise ImportError('resize="opencv" needs OpenCV: pip install opencv-python-headless '
-                          '(or pip install "lposs[opencv]")') from None
-    return cv2
+    """OpenCV, or a one-line ImportError naming what installs it."""
+    from encoders._optional import require
+
+    return require("cv2", feature='resize="opencv"', extra="opencv", package="opencv-python-headless")
 
 
 def window_boxes(height: int, width: int, window: int = 224, stride: int = 112) -> list[tuple[int, int, int, int]]:

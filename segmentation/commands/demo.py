@@ -53,12 +53,12 @@ def _demo(args: argparse.Namespace) -> int:
     import encoders
 
     from ..demo.app import DemoApp
-    from ..demo.page import INSTALL_HINT, _import_gradio, build_app, launch
+    from ..demo.page import _import_gradio, build_app, launch
 
     try:
         _import_gradio()
-    except ImportError:
-        raise CommandError(f"the demo needs Gradio, an optional extra: {INSTALL_HINT}") from None
+    except ImportError as missing:
+        raise CommandError(str(missing)) from None
     if not 0 < args.port < 65536 or not args.max_pixels >= 1:
         raise CommandError(f"--port must be in 1..65535 and --max-pixels >= 1, got {args.port} and "
                            f"{args.max_pixels:g}")

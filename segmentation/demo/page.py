@@ -14,7 +14,6 @@ from .app import SETTINGS, DemoApp, DemoInputError
 
 __all__ = ["build_app", "launch"]
 
-INSTALL_HINT = 'pip install "lposs[demo]" (in a checkout: pip install -e ".[demo]")'
 STAGE_TEXT = {
     "preprocess": "preparing the image", "vlm": "CLIP features (network 1/2)", "vm": "DINO features (network 2/2)",
     "text": "text embeddings", "patch propagation": "patch propagation", "pixel propagation": "pixel propagation",
@@ -24,10 +23,10 @@ STAGE_TEXT = {
 
 def _import_gradio():
     """Gradio, with its usage analytics off (nothing the demo does may reach the network)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio
+    from encoders._optional import require
 
-    return gradio
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    return require("gradio", feature="the demo", extra="demo")
 
 
 def build_app(app: DemoApp, *, method: str = "LPOSS+", notice: str | None = None, title: str = "LPOSS demo"):
