@@ -213,8 +213,7 @@ class Graph:
         and in-place version counters so that an edited graph is never served stale."""
         if self.edge_index.is_inference() or self.edge_weight.is_inference():
             return compute()  # no version counter to see in-place edits by: not cached
-        key = (self.edge_index.data_ptr(), self.edge_index._version,
-               self.edge_weight.data_ptr(), self.edge_weight._version)
+        key = self._cache_key()
         cache = self.__dict__.setdefault("_derived", {})
         hit = cache.get(name)
         if hit is not None and hit[0] == key:
@@ -222,6 +221,21 @@ class Graph:
         value = compute()
         cache[name] = (key, value)
         return value
+
+    def _cache_key(self) -> tuple[int, int, int, int]:
+        return (self.edge_index.data_ptr(), self.edge_index._version,
+                self.edge_weight.data_ptr(), self.edge_weight._version)
+
+    def _known(self, **derived: Any) -> Graph:
+        """This graph, with derived structures its builder knows by construction stored in
+        the cache :meth:`_cached` reads (e.g. ``symmetric=True``, ``receiver_csr=...``), so
+        that they are not computed again; dropped like any cached value if the tensors
+        are edited in place. For builders inside graphprop."""
+        if not (self.edge_index.is_inference() or self.edge_weight.is_inference()):
+            cache = self.__dict__.setdefault("_derived", {})
+            for name, value in derived.items():
+                cache[name] = (self._cache_key(), value)
+        return self
 
     def _transposed(self) -> Graph:
         """``W^T``: every edge reversed."""
