@@ -86,12 +86,25 @@ def patch_propagation(
 
 def _solver_graph(features: Tensor, centers: Tensor, *, k: int, gamma: float, sigma: float,
                   pix_dist_pow: float) -> gp.Graph:
-    """The float64 ``W_hat`` of :func:`patch_graph` the solver reads: ``_normalized(patch_graph(...))``.
+    """The float64 ``W_hat`` the solver reads: ``_normalized(patch_graph(...))``.
+
     On the CPU (numba) in compiled passes instead: the kNN lists unordered (partial
     selection), the weights, then ``W + W^T`` normalised straight from the lists, with no
-    edge list of W, no sort, and no symmetry check (symmetric by construction); the same
-    numbers to float rounding (the weights' pow and exp are float32 ``powf``/``expf``
-    rather than torch's)."""
+    edge list of W, no sort and no symmetry check (symmetric by construction), zero entries
+    dropped; the same numbers to float rounding (the weights' pow and exp are float32
+    ``powf``/``expf`` rather than torch's).
+
+    Parameters
+    ----------
+    features : (N, D) float tensor, L2-normalised VM patch features
+    centers : (N, 2) float tensor, patch centres (y, x) in pixels
+    k, gamma, sigma, pix_dist_pow : as in :func:`patch_propagation`
+
+    Returns
+    -------
+    Graph
+        (N, N) float64 ``W_hat``, edges sorted by (source, target).
+    """
     if features.device.type != "cpu" or not numba_available():
         return _normalized(patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow))
     from graphprop._knn import _normalized_symmetric_graph, _search
@@ -100,9 +113,9 @@ def _solver_graph(features: Tensor, centers: Tensor, *, k: int, gamma: float, si
 
     features = features.detach().float()
     values, indices = _search(features, min(k, features.shape[0]), None, "ip", "auto", ordered=False,
-                             selection=True)
-    weights = patch_weights(values.numpy(), indices.numpy(), centers.detach().float().contiguous().numpy(),
-                            gamma, sigma, pix_dist_pow)
+                              selection=True)
+    where = centers.detach().to("cpu", torch.float32).contiguous()
+    weights = patch_weights(values.numpy(), indices.numpy(), where.numpy(), gamma, sigma, pix_dist_pow)
     return _normalized_symmetric_graph(indices, torch.from_numpy(weights))
 
 
