@@ -1,7 +1,8 @@
 """LPOSS patch stage: 2,940 nodes, D=768, k=400, 46 columns, 10 CG iterations (float64,
 as published): ``segmentation.lposs.patch_propagation`` (the pipeline's call) vs numpy
 top-k + scipy sparse + one scipy CG per column, and vs the previous graphprop way (kNN,
-directed edge list, ``symmetrize``, ``label_propagation`` normalising)."""
+directed edge list, ``symmetrize``, ``label_propagation`` normalising); then where the
+pipeline's call spends its time (``test_patch_stage_breakdown``)."""
 
 import numpy as np
 import pytest
@@ -56,3 +57,42 @@ def test_patch_graph_and_solve(benchmark, workload, impl):
         rel = np.abs(z.numpy() - ref).max() / np.abs(ref).max()
         benchmark.extra_info["max_relative_difference_to_baseline"] = float(rel)
         assert rel < 1e-6
+
+
+BREAKDOWN = ["similarity", "torch_topk", "selection", "weights", "w_hat", "solve"]
+
+
+@pytest.mark.parametrize("part", BREAKDOWN)
+def test_patch_stage_breakdown(benchmark, workload, part):
+    """The parts of ``patch_propagation`` on the CPU: the (N, N) inner products (numpy BLAS),
+    the unordered top-k by the numba partial selection (and torch.topk, which it replaces),
+    the LPOSS weights, W_hat straight from the kNN lists, the 46-column float64 CG."""
+    from graphprop._knn import _normalized_symmetric_graph
+    from graphprop._knn_kernels import select_topk
+    from segmentation._patch_kernels import patch_weights
+    from segmentation.lposs import _solver_graph
+
+    features, scores, centres = workload
+    x = features.numpy()
+    sims = x @ x.T
+    values, indices = select_topk(sims, 400)
+    weights = patch_weights(values, indices, centres.numpy(), 3.0, 0.01, 1.0)
+    runs = {
+        "similarity": (lambda: x @ x.T, ()),
+        "torch_topk": (torch.from_numpy(sims).topk, (400,), {"dim": 1, "sorted": False}),
+        "selection": (select_topk, (sims, 400)),
+        "weights": (patch_weights, (values, indices, centres.numpy(), 3.0, 0.01, 1.0)),
+        "w_hat": (_normalized_symmetric_graph, (torch.from_numpy(indices), torch.from_numpy(weights))),
+    }
+    if part == "solve":
+        w_hat = _solver_graph(features, centres, k=400, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
+        y = scores.double()
+
+        def solve():
+            return gp.label_propagation(w_hat, y, alpha=ALPHA, tol=TOL, max_iter=MAX_ITER, solver="cg",
+                                        normalize=False, warn=False)
+
+        benchmark.pedantic(solve, rounds=5, iterations=1, warmup_rounds=1)
+        return
+    fn, args, *kwargs = runs[part]
+    benchmark.pedantic(fn, args=args, kwargs=kwargs[0] if kwargs else {}, rounds=5, iterations=1, warmup_rounds=1)

@@ -34,10 +34,9 @@ def cached_derived(owner: Any, name: str, tensors: tuple[Tensor | None, ...], co
     The value. Not cached when a tensor is an inference-mode tensor (no version
     counter to see in-place edits by).
     """
-    present = [t for t in tensors if t is not None]
-    if any(t.is_inference() for t in present):
+    key = _key(tensors)
+    if key is None:
         return compute()
-    key = tuple((t.data_ptr(), t._version) for t in present)
     cache = owner.__dict__.setdefault("_derived", {})
     hit = cache.get(name)
     if hit is not None and hit[0] == key:
@@ -45,3 +44,24 @@ def cached_derived(owner: Any, name: str, tensors: tuple[Tensor | None, ...], co
     value = compute()
     cache[name] = (key, value)
     return value
+
+
+def store_derived(owner: Any, tensors: tuple[Tensor | None, ...], **values: Any) -> None:
+    """Store values a builder knows by construction (``symmetric=True``) in the cache that
+    :func:`cached_derived` reads, keyed by ``tensors`` as there; nothing is stored for
+    inference-mode tensors."""
+    key = _key(tensors)
+    if key is None:
+        return
+    cache = owner.__dict__.setdefault("_derived", {})
+    for name, value in values.items():
+        cache[name] = (key, value)
+
+
+def _key(tensors: tuple[Tensor | None, ...]) -> tuple[tuple[int, int], ...] | None:
+    """The cache key of ``tensors``: storage and in-place version of each; None for inference
+    tensors, which have no version counter to see in-place edits by."""
+    present = [t for t in tensors if t is not None]
+    if any(t.is_inference() for t in present):
+        return None
+    return tuple((t.data_ptr(), t._version) for t in present)

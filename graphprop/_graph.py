@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-from ._cache import cached_derived
+from ._cache import cached_derived, store_derived
 from ._protocol import GraphOperator, PropagationGraph, WeightsMixin, is_propagation_graph
 from ._validation import check_int, check_tensor, finite_nonnegative
 
@@ -441,6 +441,14 @@ class Graph(WeightsMixin):
         """``compute()`` cached on the (frozen) graph, keyed by the tensors' identity
         and in-place version counters so that an edited graph is never served stale."""
         return cached_derived(self, name, (self.edge_index, self.edge_weight), compute)
+
+    def _known(self, **derived: Any) -> Graph:
+        """This graph, with derived structures its builder knows by construction stored in
+        the cache :meth:`_cached` reads (e.g. ``symmetric=True``, ``receiver_csr=...``), so
+        that they are not computed again; dropped like any cached value if the tensors
+        are edited in place. For builders inside graphprop."""
+        store_derived(self, (self.edge_index, self.edge_weight), **derived)
+        return self
 
     def _transposed(self) -> Graph:
         """``W^T``: every edge reversed."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# serial loops: at N of a few thousand a pass takes milliseconds, and on cores shared with
-# other work (or with torch's threads) a parallel loop waits for its slowest thread
+# symmetric_knn, _transpose and normalized_without_self_loops are serial loops (a pass over a
+# few thousand rows takes milliseconds); the patch stage's selection, W_hat build and
+# weights run their rows in parallel (numba's threads; torch's are idle meanwhile)
 
 # de Bruijn sequence: the position of the lowest set bit of a 64-bit word by one multiply
 _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
@@ -121,3 +122,182 @@ def normalized_without_self_loops(crow, col, val):  # pragma: no cover - compile
                 out_val[out] = (np.float64(val[e]) * dinv[i]) * dinv[j]
                 out += 1
     return out_edges, out_val
+
+
+_CHUNK = 32  # rows per task of the parallel loops (one scratch allocation per task)
+_SAMPLE = 256  # entries of a row sampled to guess a value just below its k-th largest
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _kth_largest_key(keys, c, k, lo, hi):  # pragma: no cover - compiled
+    """The k-th largest of ``keys[:c]``, given ``lo`` with at least k keys >= lo and ``hi``
+    with fewer: the largest x with ``#(keys >= x) >= k``, by bisection on x (each step
+    one branch-free count, at most 64 steps)."""
+    while lo < hi - 1:  # (hi - lo can overflow)
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor of the mean, without overflow
+        count = 0
+        for t in range(c):
+            count += keys[t] >= mid
+        if count >= k:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(inline="always")
+def _order_key(x, shift, low_bits, negative_zero):  # pragma: no cover - compiled
+    """An integer in the order of the float whose bits are ``x``: the ``shift`` low bits
+    flipped where the sign is set; -0.0 keyed as +0.0 (they compare equal)."""
+    x = np.int64(x)
+    return np.int64(0) if x == negative_zero else x ^ ((x >> shift) & low_bits)
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _select_topk(scores, bits, shift, negative_zero, k):  # pragma: no cover - compiled
+    m, n = scores.shape
+    values = np.empty((m, k), dtype=scores.dtype)
+    indices = np.empty((m, k), dtype=np.int64)
+    step = max(1, n // _SAMPLE)
+    size = (n + step - 1) // step
+    p = k / n
+    rank = max(1, min(size, int(size * p + 3.0 * np.sqrt(size * p * (1.0 - p)) + 2.0)))
+    low_bits = (np.int64(1) << shift) - 1
+    tasks = (m + _CHUNK - 1) // _CHUNK
+    for task in numba.prange(tasks):
+        sample = np.empty(size, dtype=np.int64)
+        kept = np.empty(n, dtype=np.int64)
+        kept_index = np.empty(n, dtype=np.int64)
+        for i in range(task * _CHUNK, min(m, (task + 1) * _CHUNK)):
+            first = _order_key(bits[i, 0], shift, low_bits, negative_zero)
+            low, top = first, first
+            for t in range(size):
+                key = _order_key(bits[i, t * step], shift, low_bits, negative_zero)
+                sample[t] = key
+                low = min(low, key)
+                top = max(top, key)
+            pivot = _kth_largest_key(sample, size, rank, low, top + 1)
+            t = 0
+            while sample[t] != pivot:
+                t += 1
+            pivot_value = scores[i, t * step]
+            row = scores[i]
+            c = 0
+            for j in range(n):  # the indices of the entries >= the pivot, branch-free
+                kept_index[c] = j
+                c += row[j] >= pivot_value
+            if c < k:  # the sample misled: keep every entry
+                for j in range(n):
+                    kept_index[j] = j
+                c = n
+            low = pivot
+            for t in range(c):
+                key = _order_key(bits[i, kept_index[t]], shift, low_bits, negative_zero)
+                kept[t] = key
+                low = min(low, key)
+                top = max(top, key)
+            threshold = _kth_largest_key(kept, c, k, low, top + 1)
+            ties = k
+            for t in range(c):
+                ties -= kept[t] > threshold
+            out = 0
+            for t in range(c):
+                key = kept[t]
+                if key > threshold or (key == threshold and ties > 0):
+                    ties -= key == threshold
+                    values[i, out] = scores[i, kept_index[t]]
+                    indices[i, out] = kept_index[t]
+                    out += 1
+    return values, indices
+
+
+def select_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of each row of ``scores`` (M, N) float32/float64 (finite),
+    ``1 <= k <= N``, by partial selection (no sort): ``(values (M, k), indices (M, k)
+    int64)``, each row's indices increasing. Of entries equal to the k-th largest value,
+    those of lowest index are taken (-0.0 equals +0.0).
+
+    Per row, on integer keys in the order of the floats: a pivot, the key a little below
+    where the k-th largest is expected (three standard deviations of a sample's count),
+    from about ``_SAMPLE`` evenly spaced entries; one pass keeping the keys at or above it
+    (about 1.3 k; a float comparison); the k-th largest of those by bisection on the key (branch-free counts);
+    then the kept entries above it and as many equal to it as are needed, in index order.
+    If fewer than k entries reach the pivot, every entry is kept: the result does not
+    depend on the sample. Rows run in parallel, in tasks of ``_CHUNK`` rows.
+    """
+    scores = np.ascontiguousarray(scores)
+    if scores.dtype == np.float32:
+        bits, shift = scores.view(np.int32), 31
+    else:
+        bits, shift = scores.view(np.int64), 63
+    return _select_topk(scores, bits, shift, -(1 << shift), k)
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def normalized_symmetric_knn(indices, weights):  # pragma: no cover - compiled
+    """``D^-1/2 (W + W^T) D^-1/2`` without self-loops, in float64, of the kNN graph with
+    ``W[i, indices[i, t]] += weights[i, t]`` (N, k), each row of ``indices`` non-decreasing,
+    entries in [0, N): ``(indptr (N+1,) int64, columns (E,) int32, values (E,) float64,
+    edge_index (2, E) int64)``, the canonical CSR of the result (rows sorted by column,
+    zero entries dropped) and its edges.
+
+    The same numbers as ``symmetric_knn`` then ``normalized_without_self_loops``: each entry
+    ``w_ij + w_ji`` summed in the weights' dtype (``w_ij`` first), d_i the float64 sum of
+    row i off the diagonal in column order (a zero degree counted as 1), entries
+    ``(w * d_i^-1/2) * d_j^-1/2``. Each row is a merge of its own sorted list with the
+    sorted list of the nodes that have it as a neighbour: no sort, no scratch row; rows
+    run in parallel.
+    """
+    n, k = indices.shape
+    start, source, value = _transpose(indices, weights, n)
+    # pass 1: each merged row, diagonal and zero sums dropped, into room for k + in-degree
+    room = np.empty(n + 1, dtype=np.int64)
+    room[0] = 0
+    for i in range(n):
+        room[i + 1] = room[i] + k + start[i + 1] - start[i]
+    merged_col = np.empty(room[n], dtype=np.int32)
+    merged_val = np.empty(room[n], dtype=weights.dtype)
+    length = np.empty(n, dtype=np.int64)
+    dinv = np.empty(n, dtype=np.float64)
+    tasks = (n + _CHUNK - 1) // _CHUNK
+    for task in numba.prange(tasks):
+        for i in range(task * _CHUNK, min(n, (task + 1) * _CHUNK)):
+            a, b, b_end = 0, start[i], start[i + 1]
+            out = room[i]
+            d = 0.0
+            while a < k or b < b_end:
+                j = indices[i, a] if a < k else n
+                if b < b_end and source[b] < j:
+                    j = source[b]
+                s = weights.dtype.type(0)
+                while a < k and indices[i, a] == j:
+                    s += weights[i, a]
+                    a += 1
+                while b < b_end and source[b] == j:
+                    s += value[b]
+                    b += 1
+                if j != i:
+                    d += np.float64(s)
+                    if s != 0:
+                        merged_col[out] = j
+                        merged_val[out] = s
+                        out += 1
+            length[i] = out - room[i]
+            dinv[i] = 1.0 / np.sqrt(d if d > 0 else 1.0)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        indptr[i + 1] = indptr[i] + length[i]
+    columns = np.empty(indptr[n], dtype=np.int32)
+    values = np.empty(indptr[n], dtype=np.float64)
+    edge_index = np.empty((2, indptr[n]), dtype=np.int64)
+    # pass 2: normalised, compacted
+    for task in numba.prange(tasks):
+        for i in range(task * _CHUNK, min(n, (task + 1) * _CHUNK)):
+            for t in range(length[i]):
+                j = merged_col[room[i] + t]
+                e = indptr[i] + t
+                columns[e] = j
+                values[e] = (np.float64(merged_val[room[i] + t]) * dinv[i]) * dinv[j]
+                edge_index[0, e] = i
+                edge_index[1, e] = j
+    return indptr, columns, values, edge_index

@@ -78,11 +78,45 @@ def patch_propagation(
         raise ValueError(f"gamma and pix_dist_pow must be > 0 and sigma >= 0, got {gamma}, {sigma}, {pix_dist_pow}")
     _check_solver_settings(alpha, tol, max_iter)
 
-    graph = patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
-    z = gp.label_propagation(_normalized(graph), scores.to(graph.edge_weight.device, torch.float64),
-                             alpha=alpha, tol=tol, max_iter=max_iter, solver="cg", normalize=False,
-                             warn=False)
+    w_hat = _solver_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
+    z = gp.label_propagation(w_hat, scores.to(w_hat.device, torch.float64), alpha=alpha, tol=tol,
+                             max_iter=max_iter, solver="cg", normalize=False, warn=False)
     return z.to(device=scores.device, dtype=scores.dtype)
+
+
+def _solver_graph(features: Tensor, centers: Tensor, *, k: int, gamma: float, sigma: float,
+                  pix_dist_pow: float) -> gp.Graph:
+    """The float64 ``W_hat`` the solver reads: ``_normalized(patch_graph(...))``.
+
+    On the CPU (numba) in compiled passes instead: the kNN lists unordered (partial
+    selection), the weights, then ``W + W^T`` normalised straight from the lists, with no
+    edge list of W, no sort and no symmetry check (symmetric by construction), zero entries
+    dropped; the same numbers to float rounding (the weights' pow and exp are float32
+    ``powf``/``expf`` rather than torch's).
+
+    Parameters
+    ----------
+    features : (N, D) float tensor, L2-normalised VM patch features
+    centers : (N, 2) float tensor, patch centres (y, x) in pixels
+    k, gamma, sigma, pix_dist_pow : as in :func:`patch_propagation`
+
+    Returns
+    -------
+    Graph
+        (N, N) float64 ``W_hat``, edges sorted by (source, target).
+    """
+    if features.device.type != "cpu" or not numba_available():
+        return _normalized(patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow))
+    from graphprop._knn import _normalized_symmetric_graph, _search
+
+    from ._patch_kernels import patch_weights
+
+    features = features.detach().float()
+    values, indices = _search(features, min(k, features.shape[0]), None, "ip", "auto", ordered=False,
+                              selection=True)
+    where = centers.detach().to("cpu", torch.float32).contiguous()
+    weights = patch_weights(values.numpy(), indices.numpy(), where.numpy(), gamma, sigma, pix_dist_pow)
+    return _normalized_symmetric_graph(indices, torch.from_numpy(weights))
 
 
 def _normalized(graph: gp.Graph) -> gp.Graph:

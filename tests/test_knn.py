@@ -551,3 +551,169 @@ def test_numpy_blas_product_equals_torch():
     assert not knn_module._use_numpy_blas(x.requires_grad_(), q)
     values, _ = graphprop.knn(x, 5, queries=q, metric="ip")
     assert values.requires_grad
+
+
+# ------------------------------------------- the compiled partial selection (select_topk)
+def _expected_selection(s: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k largest, of equal values those of lowest index, as increasing indices:
+    a stable sort by decreasing value (np.argsort of -s treats -0.0 and +0.0 as equal)."""
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.sort(order, axis=1)
+
+
+@st.composite
+def score_matrices(draw):
+    m = draw(st.integers(1, 12))
+    n = draw(st.integers(1, 700))
+    k = draw(st.integers(1, n))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    kind = draw(st.sampled_from(["continuous", "ties", "signed zeros", "wide"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    if kind == "continuous":
+        s = rng.standard_normal((m, n))
+    elif kind == "ties":  # many exact ties at the k-th place
+        s = rng.integers(-3, 4, (m, n)).astype(float)
+    elif kind == "signed zeros":
+        s = rng.choice([-0.0, 0.0, 1.0, -1.0], (m, n))
+    else:  # magnitudes over the whole float range: the integer keys' bisection without overflow
+        s = rng.standard_normal((m, n)) * 10.0 ** rng.integers(-30, 30, (m, n))
+    return s.astype(dtype), k
+
+
+@SETTINGS
+@given(case=score_matrices())
+def test_select_topk_is_the_stable_top_k(case):
+    """The k largest of each row, the ties at the k-th place broken by lowest index, indices
+    increasing and values those of the scores; against a stable sort, at sizes around the
+    sample (256) and k from 1 to N, float32 and float64."""
+    from graphprop._knn_kernels import select_topk
+
+    s, k = case
+    values, indices = select_topk(s, k)
+    assert values.dtype == s.dtype and indices.dtype == np.int64 and indices.shape == (s.shape[0], k)
+    np.testing.assert_array_equal(indices, _expected_selection(s, k))
+    np.testing.assert_array_equal(values, np.take_along_axis(s, indices, axis=1))
+
+
+def test_select_topk_when_the_sample_misleads():
+    """Rows whose sampled entries (every step-th) are the largest: fewer than k entries reach
+    the sample's pivot, so every entry is kept and the result is still exact. Duplicate
+    rows (duplicate points) give the same selection."""
+    from graphprop import _knn_kernels
+
+    rng = np.random.default_rng(4)
+    n, k = 1000, 100
+    step = n // _knn_kernels._SAMPLE
+    s = rng.random((6, n)).astype(np.float32) * 0.5
+    s[:, ::step] += 1.0
+    s[3] = s[2]
+    values, indices = _knn_kernels.select_topk(s, k)
+    np.testing.assert_array_equal(indices, _expected_selection(s, k))
+    np.testing.assert_array_equal(indices[3], indices[2])
+    tv, _ = torch.from_numpy(s).topk(k, dim=1)
+    np.testing.assert_array_equal(np.sort(values, axis=1), np.sort(tv.numpy(), axis=1))
+
+
+def test_compiled_selection_search_equals_torch_topk():
+    """_search(selection=True): the neighbours and values of knn, each row as a set, with
+    duplicate points; knn itself (ordered) is unchanged."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(300, 8, generator=g)
+    x[150:] = x[:150]  # every point twice: exact ties everywhere
+    for k in (1, 2, 37, 300):
+        v, i = graphprop.knn(x, k, metric="ip")
+        vs, is_ = knn_module._search(x, k, None, "ip", "torch", ordered=False, selection=True)
+        assert bool((is_[:, 1:] > is_[:, :-1]).all())
+        np.testing.assert_array_equal(np.sort(vs.numpy(), axis=1), np.sort(v.numpy(), axis=1))
+        np.testing.assert_array_equal(vs.numpy(), (x @ x.T).numpy()[np.arange(300)[:, None], is_.numpy()])
+
+
+# ----------------------------- W_hat straight from the kNN lists (normalized_symmetric_knn)
+def _reference_w_hat(indices: torch.Tensor, weights: torch.Tensor) -> graphprop.Graph:
+    """sym_normalize(remove_self_loops(symmetrize(directed graph)) in float64), zero entries
+    dropped: graphprop's general functions."""
+    n, k = indices.shape
+    rows = torch.arange(n).repeat_interleave(k)
+    directed = graphprop.Graph(torch.stack([rows, indices.reshape(-1)]), weights.reshape(-1), n)
+    ref = graphprop.sym_normalize(graphprop.remove_self_loops(graphprop.symmetrize(directed).to(dtype=torch.float64)))
+    keep = ref.edge_weight != 0
+    return graphprop.Graph(ref.edge_index[:, keep], ref.edge_weight[keep], n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (60, 9), (200, 200)])
+def test_normalized_symmetric_graph_equals_graphprop_normalisation(dtype, n, k):
+    """The same edges (sorted) and values as graphprop's general symmetrize / remove_self_loops
+    / sym_normalize, with self-loops, zero weights (dropped), a node whose only edge is its
+    self-loop; marked symmetric and its CSR cached, and the solve equals that on the
+    reference graph."""
+    from graphprop._knn import _normalized_symmetric_graph
+
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    values, indices = knn_module._search(x, k, None, "ip", "torch", ordered=False, selection=True)
+    weights = values.clamp_min(0).to(dtype)  # negative similarities: zero weights
+    if n > 7:
+        weights[0] = 0  # node 0: no weight of its own
+        weights[indices == 0] = 0  # and nobody's
+    fast = _normalized_symmetric_graph(indices, weights)
+    ref = _reference_w_hat(indices, weights)
+    assert torch.equal(fast.edge_index, ref.edge_index)
+    assert fast.edge_weight.dtype == torch.float64
+    torch.testing.assert_close(fast.edge_weight, ref.edge_weight, rtol=1e-15, atol=0)
+    assert fast._derived["symmetric"][1] is True
+    assert ref.is_symmetric()
+    (ptr, col, val), (ref_ptr, ref_col, ref_val) = fast._receiver_csr(), ref._receiver_csr()
+    np.testing.assert_array_equal(ptr, ref_ptr)
+    np.testing.assert_array_equal(col, ref_col)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-15, atol=0)
+    y = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    za = graphprop.label_propagation(fast, y, solver="cg", normalize=False, warn=False)
+    zb = graphprop.label_propagation(ref, y, solver="cg", normalize=False, warn=False)
+    torch.testing.assert_close(za, zb, rtol=1e-12, atol=1e-14)
+
+
+def test_normalized_symmetric_graph_sorts_rows_and_sums_duplicates():
+    """Rows in any order (torch.topk's) are sorted first; a neighbour listed twice adds up."""
+    from graphprop._knn import _normalized_symmetric_graph
+
+    g = torch.Generator().manual_seed(8)
+    indices = torch.randint(0, 30, (30, 6), generator=g)  # duplicates within rows, any order
+    weights = torch.rand(30, 6, generator=g, dtype=torch.float64)
+    fast = _normalized_symmetric_graph(indices, weights)
+    ref = _reference_w_hat(indices, weights)
+    assert torch.equal(fast.edge_index, ref.edge_index)
+    torch.testing.assert_close(fast.edge_weight, ref.edge_weight, rtol=1e-14, atol=0)
+    w = torch.zeros(30, 30, dtype=torch.float64).index_put_((torch.arange(30).repeat_interleave(6),
+                                                             indices.reshape(-1)), weights.reshape(-1), accumulate=True)
+    w = w + w.T
+    w.fill_diagonal_(0)
+    d = w.sum(1)
+    d[d == 0] = 1
+    torch.testing.assert_close(fast.to_dense(), w / d.sqrt()[:, None] / d.sqrt()[None, :], rtol=1e-13, atol=0)
+
+
+def test_normalized_symmetric_graph_rejects_bad_weights():
+    from graphprop._knn import _normalized_symmetric_graph
+
+    indices = torch.tensor([[0, 1], [0, 1]])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        _normalized_symmetric_graph(indices, torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        _normalized_symmetric_graph(indices, torch.tensor([[1.0, float("inf")], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="one shape"):
+        _normalized_symmetric_graph(indices, torch.ones(2, 3))
+
+
+def test_a_known_symmetry_is_dropped_when_the_graph_is_edited():
+    """The symmetry a builder records is a cached value like any other: editing the weights
+    in place makes is_symmetric() compute it again."""
+    from graphprop._knn import _normalized_symmetric_graph
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    values, indices = knn_module._search(x, 5, None, "l2", "torch", ordered=False, selection=True)
+    graph = _normalized_symmetric_graph(indices, torch.exp(-values))
+    assert graph.is_symmetric()
+    graph.edge_weight[0] += 1.0  # W[i, j] changed, W[j, i] not
+    assert not graph.is_symmetric()
