@@ -1,5 +1,5 @@
 """LPOSS patch stage: 2,940 nodes, D=768, k=400, 46 columns, 10 CG iterations (float64,
-as published): ``segmentation.lposs.patch_propagation`` (the pipeline's call) vs numpy
+as published): ``segmentation.stages.patch_propagation`` (the pipeline's call) vs numpy
 top-k + scipy sparse + one scipy CG per column, and vs the previous graphprop way (kNN,
 directed edge list, ``symmetrize``, ``label_propagation`` normalising)."""
 
@@ -16,7 +16,7 @@ from benchmarks.workloads import (
     baseline_solve,
     patch_workload,
 )
-from segmentation.lposs import patch_propagation
+from segmentation.stages import patch_propagation
 
 
 @pytest.fixture(scope="module")

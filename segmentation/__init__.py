@@ -1,7 +1,7 @@
 """LPOSS / LPOSS+: training-free open-vocabulary semantic segmentation.
 
 ``LPOSS(vlm, vm).segment(image, ["road", "car", "sky;cloud"])`` labels every pixel;
-:mod:`segmentation.lposs` holds the two propagation stages as plain tensor functions.
+:mod:`segmentation.stages` holds the two propagation stages as plain tensor functions.
 """
 
 from .pipeline import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP

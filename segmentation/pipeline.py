@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -12,76 +12,14 @@ from torch import Tensor
 
 import encoders
 
-from .lposs import merge_windows, patch_propagation, pixel_propagation
-from .preprocess import RESIZE_METHODS, ImageInput, load_image, resize_image, window_boxes, working_size
+from .config import LPOSSConfig
+from .preprocess import ImageInput, load_image, resize_image, window_boxes, working_size
+from .stages import _patch_stage, _pixel_stage, merge_windows, patch_centers
 
 __all__ = ["ImageFeatures", "LPOSS", "LPOSSConfig", "MaskCLIP"]
 
 PUBLISHED_VLM = "open_clip:ViT-B-16@laion2b_s34b_b88k"
 PUBLISHED_VM = "timm:vit_base_patch16_224.dino"
-
-
-@dataclass(frozen=True)
-class LPOSSConfig:
-    """Every setting of LPOSS / LPOSS+, with the published defaults (``docs/method.md``).
-
-    short_side, long_side_cap : the image is resized so its short side is ``short_side`` unless
-        the long side would exceed ``long_side_cap`` (448, 2048).
-    window, stride : sliding windows in pixels (224, 112). ``sliding=False`` runs the whole
-        image as one window (an option beyond the paper).
-    k, gamma, sigma, pix_dist_pow : patch graph (400 neighbours, 3.0, 0.01, 1.0).
-    alpha, tol, max_iter : label propagation (0.95, 1e-6, 10 CG iterations), both stages.
-    tau, pixel_window : pixel graph (0.01, a 13 x 13 window).
-    pixel_refine : LPOSS+ (True) or LPOSS (False).
-    resize : how 8-bit images are resized (§1): "torch" (default; the published rule in float,
-        rounded) or "opencv" (OpenCV's own fixed-point ``INTER_LINEAR``, bit-exact with the
-        published pipeline; needs ``opencv-python-headless``).
-    """
-
-    short_side: int = 448
-    long_side_cap: int = 2048
-    window: int = 224
-    stride: int = 112
-    sliding: bool = True
-    k: int = 400
-    gamma: float = 3.0
-    sigma: float = 0.01
-    pix_dist_pow: float = 1.0
-    alpha: float = 0.95
-    tau: float = 0.01
-    pixel_window: int = 13
-    tol: float = 1e-6
-    max_iter: int = 10
-    pixel_refine: bool = True
-    resize: str = "torch"
-
-    def __post_init__(self):
-        for name in ("short_side", "long_side_cap", "window", "stride", "k", "max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LPOSSConfig.{name} must be a positive integer, got {value!r}")
-        if self.long_side_cap < self.short_side:
-            raise ValueError(f"LPOSSConfig.long_side_cap ({self.long_side_cap}) must be >= "
-                             f"short_side ({self.short_side})")
-        if isinstance(self.pixel_window, bool) or not isinstance(self.pixel_window, int) or \
-                self.pixel_window < 3 or self.pixel_window % 2 == 0:
-            raise ValueError(f"LPOSSConfig.pixel_window must be an odd integer >= 3, got {self.pixel_window!r}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"LPOSSConfig.alpha must be in (0, 1), got {self.alpha!r}")
-        for name in ("gamma", "pix_dist_pow", "tau"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"LPOSSConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("sigma", "tol"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"LPOSSConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.resize not in RESIZE_METHODS:
-            raise ValueError(f"LPOSSConfig.resize must be one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
-        for name in ("sliding", "pixel_refine"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"LPOSSConfig.{name} must be True or False, got {getattr(self, name)!r}")
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -355,23 +293,15 @@ class LPOSS(_Segmenter):
         initial = self._initial_scores(features, text)  # (n, E, gh, gw)
         n, e, gh, gw = initial.shape
         vm = features.vm_features.to(initial.device)
-        p = features.vm_patch_size
-        rows = torch.arange(gh, device=initial.device, dtype=torch.float32)
-        cols = torch.arange(gw, device=initial.device, dtype=torch.float32)
-        centers = torch.cat([
-            torch.stack(torch.meshgrid(y1 + p // 2 + p * rows, x1 + p // 2 + p * cols, indexing="ij"),
-                        -1).reshape(-1, 2)
-            for y1, _, x1, _ in features.boxes
-        ])
-        z = patch_propagation(
+        centers = patch_centers(features.boxes, (gh, gw), features.vm_patch_size, device=initial.device)
+        z = _patch_stage(
             vm.reshape(n * gh * gw, -1), initial.permute(0, 2, 3, 1).reshape(n * gh * gw, e), centers,
-            k=cfg.k, gamma=cfg.gamma, sigma=cfg.sigma, pix_dist_pow=cfg.pix_dist_pow,
-            alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter,
+            k=cfg.k, gamma=cfg.gamma, sigma=cfg.sigma, pix_dist_pow=cfg.pix_dist_pow, settings=cfg.propagation,
         )
         h, w = features.image.shape[1:]
         merged = merge_windows(z.reshape(n, gh, gw, e).permute(0, 3, 1, 2), features.boxes, (h, w))
         if not cfg.pixel_refine:
             return merged
         stage("pixel propagation")
-        return pixel_propagation(features.image.to(merged.device), merged, window=cfg.pixel_window, tau=cfg.tau,
-                                 alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter)
+        return _pixel_stage(features.image.to(merged.device), merged, window=cfg.pixel_window, tau=cfg.tau,
+                            settings=cfg.propagation)
