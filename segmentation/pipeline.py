@@ -1,4 +1,8 @@
-"""LPOSS / LPOSS+ and the MaskCLIP baseline, end to end: image + class names -> scores, labels."""
+"""LPOSS / LPOSS+ and the MaskCLIP baseline, end to end: image + class names -> scores, labels.
+
+The classes hold the networks and an :class:`~segmentation.config.LPOSSConfig` and call the stage
+functions of :mod:`segmentation.stages`; the method is that of ``docs/method.md`` (§ below).
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ class ImageFeatures:
     boxes : windows ``(y1, y2, x1, x2)`` in working-size pixels
     vlm_features : (n, gh, gw, D) L2-normalised VLM patch features, one grid per window
     vm_features : (n, gh', gw', D') L2-normalised VM patch features
-    vm_patch_size : the VM's patch size (patch centres are ``y1 + p // 2 + p * row``)
+    vm_patch_size : the VM's patch size (patch centres: :func:`~segmentation.stages.patch_centers`)
+    timings : seconds of the "preprocess", "vlm" and "vm" stages spent on this image (a batch's
+        seconds shared evenly over its images; ``segmentation.batch`` reports them per image)
     """
 
     image: Tensor
@@ -75,8 +81,16 @@ class _Segmenter:
     def encode(self, image: ImageInput, *, on_stage: Callable[[str], None] | None = None) -> ImageFeatures:
         """Resize, cut into windows and run both networks once (all windows in one batch).
 
-        ``on_stage(name)`` is called as each stage starts ("preprocess", "vlm", "vm"), e.g. to drive
-        a progress bar.
+        Parameters
+        ----------
+        image : path, PIL image, (H, W, 3) uint8 array or (3, H, W) float tensor in [0, 1]
+            (any :data:`~segmentation.preprocess.ImageInput`)
+        on_stage : optional callable, called with each stage's name as it starts ("preprocess",
+            "vlm", "vm"), e.g. to drive a progress bar
+
+        Returns
+        -------
+        :class:`ImageFeatures` of the image, for :meth:`predict`.
         """
         return self.encode_batch([image], on_stage=on_stage)[0]
 
@@ -138,7 +152,7 @@ class _Segmenter:
 
     @staticmethod
     def _windows(prepared) -> Tensor:
-        """(n, 3, window, window): the windows of the prepared images, in order."""
+        """(n, 3, wh, ww) tensor: the windows of the prepared images, in order (one window size)."""
         return torch.stack([resized[:, y1:y2, x1:x2] for resized, _, boxes in prepared for y1, y2, x1, x2 in boxes])
 
     # ------------------------------------------------------------------ predict
@@ -177,14 +191,29 @@ class _Segmenter:
                                  align_corners=False)[0]
 
     def segment(self, image, class_names):
-        """(H, W) long tensor: the class index of every pixel (a list for a list of images)."""
+        """The class index of every pixel: the argmax of :meth:`predict`.
+
+        Parameters
+        ----------
+        image, class_names : as for :meth:`predict`
+
+        Returns
+        -------
+        (H, W) long tensor at the original image size (a list of them for a list of images).
+        """
         scores = self.predict(image, class_names)
         if isinstance(scores, list):
             return [s.argmax(0) for s in scores]
         return scores.argmax(0)
 
     def _initial_scores(self, features: ImageFeatures, text) -> Tensor:
-        """(n, E, gh', gw') cosine similarities of VLM patches and text, on the VM's grid."""
+        """Initial scores (§5): cosine similarities of VLM patches and text embeddings.
+
+        Returns
+        -------
+        (n, E, gh', gw') tensor, one map per window and embedding, resized bilinearly onto the VM's
+        patch grid (gh', gw') where that differs from the VLM's.
+        """
         embeddings = text.embeddings.to(features.vlm_features.device, features.vlm_features.dtype)
         scores = (features.vlm_features @ embeddings.T).permute(0, 3, 1, 2)
         if features.vm_features is not None and scores.shape[-2:] != features.vm_features.shape[1:3]:
@@ -196,9 +225,19 @@ class _Segmenter:
 
 
 def encoder_options(*, device=None, random_init: bool = False, precision: str = "fp32") -> dict:
-    """The keyword arguments of :func:`encoders.create` for both networks. ``precision`` is passed on
-    only when it is not fp32 (every encoder's default), so encoders without the option keep working;
-    it is checked here, before anything is built."""
+    """The keyword arguments of :func:`encoders.create` for both networks.
+
+    Parameters
+    ----------
+    device : where the networks run (default: each encoder's default)
+    random_init : build the networks with random weights (``pretrained=None``: tests, timing)
+    precision : "fp32", "bf16" or "fp16"; checked here, before anything is built, and passed on
+        only when it is not fp32 (every encoder's default), so encoders without the option work
+
+    Returns
+    -------
+    dict of keyword arguments.
+    """
     kwargs: dict = {"device": device}
     if random_init:
         kwargs["pretrained"] = None
@@ -220,8 +259,12 @@ class StageTimer:
     >>> timer.seconds                                            # doctest: +SKIP
     {'text': 0.001, 'preprocess': 0.01, 'vlm': 3.6, ...}
 
-    ``seconds`` may start from earlier totals (a resumed evaluation); a stage runs until the next
-    one starts or :meth:`stop` is called.
+    A stage runs until the next one starts or :meth:`stop` is called.
+
+    Parameters
+    ----------
+    seconds : optional dict of stage name -> seconds to add to (earlier totals, e.g. a resumed
+        evaluation); kept as :attr:`seconds`
     """
 
     def __init__(self, seconds: dict[str, float] | None = None):
@@ -244,6 +287,12 @@ class MaskCLIP(_Segmenter):
     """The no-propagation baseline (§8): window-merged MaskCLIP scores.
 
     The released LPOSS code has no path for it; this definition is the project's.
+
+    Parameters
+    ----------
+    vlm : a :class:`encoders.VisionLanguageEncoder` (CLIP; MaskCLIP features)
+    config : :class:`~segmentation.config.LPOSSConfig`; only its preprocessing fields are read
+    device : where the scores are merged; default the VLM's device
     """
 
     def __init__(self, vlm, config: LPOSSConfig | None = None, *, device=None):
@@ -261,7 +310,7 @@ class LPOSS(_Segmenter):
     ----------
     vlm : a :class:`encoders.VisionLanguageEncoder` (CLIP; MaskCLIP features)
     vm : a :class:`encoders.VisionEncoder` (DINO)
-    config : :class:`LPOSSConfig`, the published settings by default
+    config : :class:`~segmentation.config.LPOSSConfig`, the published settings by default
     device : where propagation runs; default the VLM's device
     """
 
@@ -273,11 +322,21 @@ class LPOSS(_Segmenter):
     @classmethod
     def from_pretrained(cls, vlm: str = PUBLISHED_VLM, vm: str = PUBLISHED_VM, config: LPOSSConfig | None = None,
                         *, device=None, random_init: bool = False, precision: str = "fp32") -> LPOSS:
-        """The published encoders (open_clip ViT-B-16 laion2b_s34b_b88k + DINO ViT-B/16), or others
-        by spec; ``random_init=True`` builds them with random weights (tests, timing).
+        """LPOSS with the published encoders, or others by spec.
 
-        ``precision`` ("fp32", "bf16" or "fp16") is what both networks run in (see
-        :class:`encoders.OpenCLIPEncoder`); propagation stays in float32 / float64 whatever it is.
+        Parameters
+        ----------
+        vlm, vm : encoder specs for :func:`encoders.create` (default open_clip ViT-B-16
+            laion2b_s34b_b88k and DINO ViT-B/16)
+        config : :class:`~segmentation.config.LPOSSConfig`, the published settings by default
+        device : where the networks and propagation run
+        random_init : build the networks with random weights (tests, timing)
+        precision : "fp32", "bf16" or "fp16", what both networks run in (see
+            :class:`encoders.OpenCLIPEncoder`); propagation stays in float32 / float64 whatever it is
+
+        Returns
+        -------
+        :class:`LPOSS`.
         """
         kwargs = encoder_options(device=device, random_init=random_init, precision=precision)
         return cls(encoders.create(vlm, **kwargs), encoders.create(vm, **kwargs), config, device=device)

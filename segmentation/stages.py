@@ -88,7 +88,10 @@ def patch_propagation(
     ----------
     features : (N, D) float tensor, L2-normalised VM patch features
     scores : (N, E) float tensor, initial scores (one column per text embedding)
-    centers : (N, 2) float tensor, patch centres (y, x) in pixels
+    centers : (N, 2) float tensor, patch centres (y, x) in pixels (:func:`patch_centers`)
+    k, gamma, sigma, pix_dist_pow : the patch graph's settings (published 400, 3.0, 0.01, 1.0)
+    alpha, tol, max_iter : the solve's settings (published 0.95, 1e-6, 10), a
+        :class:`~segmentation.config.PropagationSettings`
 
     Returns
     -------
@@ -133,9 +136,19 @@ def _solve(graph: gp.Graph | gp.GridGraph, y: Tensor, settings: PropagationSetti
 
 
 def _normalized(graph: gp.Graph) -> gp.Graph:
-    """``W_hat = D^-1/2 W D^-1/2`` of ``graph`` without its self-loops, in float64: what
-    ``label_propagation(graph.to(dtype=torch.float64))`` normalises to (§6). On the CPU one
-    compiled pass over the edges, which :func:`patch_graph` gives sorted by (source, target)."""
+    """``W_hat = D^-1/2 W D^-1/2`` of ``graph`` without its self-loops, in float64 (§6).
+
+    What ``label_propagation(graph.to(dtype=torch.float64))`` normalises to. On the CPU one
+    compiled pass over the edges, which :func:`patch_graph` gives sorted by (source, target).
+
+    Parameters
+    ----------
+    graph : :class:`graphprop.Graph` of N nodes, edges sorted by (source, target)
+
+    Returns
+    -------
+    :class:`graphprop.Graph` of N nodes, float64 weights, no self-loops.
+    """
     if graph.device.type != "cpu" or not numba_available():
         return gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64)))
     from graphprop._knn_kernels import normalized_without_self_loops
@@ -149,12 +162,24 @@ def _normalized(graph: gp.Graph) -> gp.Graph:
 
 def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float = 3.0, sigma: float = 0.01,
                 pix_dist_pow: float = 1.0, backend: str = "auto") -> gp.Graph:
-    """The LPOSS patch graph ``W + W^T`` (not normalised), float32 weights as published.
+    """The LPOSS patch graph ``W + W^T`` (not normalised), float32 weights as published (§6).
 
-    ``features`` (N, D) L2-normalised, ``centers`` (N, 2) in pixels; kNN by inner product with
-    ``min(k, N)`` neighbours (self included), weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``
-    on the directed edges, then ``W + W^T`` (:func:`graphprop.knn_graph` with ``symmetric=True``):
-    edges sorted by (source, target), self-loops kept (the solver drops them).
+    kNN by inner product with ``min(k, N)`` neighbours (self included), weights
+    ``max(s, 0) ** gamma * exp(-sigma * d ** pix_dist_pow)`` on the directed edges, ``d`` the
+    distance of the patch centres, then ``W + W^T`` (:func:`graphprop.knn_graph` with
+    ``symmetric=True``). The arguments are not checked (:func:`patch_propagation` checks them).
+
+    Parameters
+    ----------
+    features : (N, D) float tensor, L2-normalised VM patch features
+    centers : (N, 2) float tensor, patch centres (y, x) in pixels (:func:`patch_centers`)
+    k, gamma, sigma, pix_dist_pow : the patch graph's settings (published 400, 3.0, 0.01, 1.0)
+    backend : the kNN search of :func:`graphprop.knn` ("auto" by default)
+
+    Returns
+    -------
+    :class:`graphprop.Graph` of N nodes on ``features``' device: edges sorted by (source, target),
+    self-loops kept (the solver drops them), float32 weights.
     """
     n = features.shape[0]
     features = features.float()
@@ -189,6 +214,10 @@ def pixel_propagation(
     ----------
     image : (3, H, W) float tensor, RGB in [0, 1]
     scores : (E, H, W) float tensor
+    window, tau : the pixel graph's settings (published 13, 0.01; LPOSSConfig's ``pixel_window``
+        and ``tau``)
+    alpha, tol, max_iter : the solve's settings (published 0.95, 1e-6, 10), a
+        :class:`~segmentation.config.PropagationSettings`
 
     Returns
     -------
