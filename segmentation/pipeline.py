@@ -109,9 +109,14 @@ class _Segmenter:
         list of :class:`ImageFeatures`, one per image, in order; each one's ``timings`` are the
         batch's seconds divided evenly over its images.
         """
-        stage = on_stage or _no_stage
+        report = on_stage or _no_stage
+        timer = StageTimer()  # the seconds of each stage, shared out as ImageFeatures.timings
+
+        def stage(name: str) -> None:
+            report(name)
+            timer(name)
+
         stage("preprocess")
-        start = time.perf_counter()
         cfg = self.config
         prepared = []  # (resized (3, h, w), original (H, W), boxes)
         for image in images:
@@ -124,21 +129,17 @@ class _Segmenter:
             prepared.append((resized, original, boxes))
         if not prepared:
             return []
-        timings = {"preprocess": time.perf_counter() - start}
         sizes = {(y2 - y1, x2 - x1) for _, _, boxes in prepared for y1, y2, x1, x2 in boxes}
         groups = [prepared] if len(sizes) == 1 else [[item] for item in prepared]  # one batch needs one size
         stage("vlm")
-        start = time.perf_counter()
         vlm_features = [self.vlm.dense_features(self._windows(group)) for group in groups]
-        timings["vlm"] = time.perf_counter() - start
         vm_features = None
         if self.vm is not None:
             stage("vm")
-            start = time.perf_counter()
             vm_features = [self.vm.dense_features(self._windows(group)) for group in groups]
-            timings["vm"] = time.perf_counter() - start
+        timer.stop()
         patch = int(getattr(self.vm, "patch_size", self.vlm.patch_size))
-        share = {key: value / len(prepared) for key, value in timings.items()}
+        share = {key: value / len(prepared) for key, value in timer.seconds.items()}
         features = []
         for g, group in enumerate(groups):
             first = 0

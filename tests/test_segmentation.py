@@ -442,6 +442,26 @@ def test_stage_timer_adds_up_each_stage(monkeypatch):
     assert timer.seconds == {"text": 2.0 + 1.0 + 2.5, "vlm": 2.5}
 
 
+def test_encode_batch_shares_each_network_stage_s_seconds_over_its_images(small_encoders, monkeypatch):
+    """ImageFeatures.timings (segmentation.batch reports them): each stage's seconds of the batch,
+    divided evenly over its images, on a clock that only the networks move (10 s VLM, 100 s VM)."""
+    from segmentation import pipeline
+
+    vlm, vm = small_encoders
+    clock = [0.0]
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: clock[0])
+    for encoder, seconds in ((vlm, 10.0), (vm, 100.0)):
+        def timed(images, _f=encoder.dense_features, _s=seconds):
+            clock[0] += _s
+            return _f(images)
+
+        monkeypatch.setattr(encoder, "dense_features", timed)
+    images = [torch.rand(3, 40, 100), torch.rand(3, 40, 100)]  # one window size: one batch per network
+    features = LPOSS(vlm, vm, SMALL).encode_batch(images)
+    assert [f.timings for f in features] == [{"preprocess": 0.0, "vlm": 5.0, "vm": 50.0}] * 2
+    assert MaskCLIP(vlm, SMALL).encode_batch(images[:1])[0].timings == {"preprocess": 0.0, "vlm": 10.0}
+
+
 def test_the_stages_run_the_published_cg_without_convergence_warnings():
     """Both stages stop at max_iter by design (published): the unresolved-rows warning that
     graphprop's cg gives by default on these sparse scores stays silent there."""
