@@ -137,3 +137,24 @@ def test_pixel_propagation_checks_its_settings_by_the_same_rules(kwargs, error, 
     with pytest.raises(error) as raised:
         pixel_propagation(torch.rand(3, 6, 7), torch.rand(2, 6, 7), **kwargs)
     assert _one_line(raised).startswith(words)
+
+
+@pytest.mark.usefixtures("quiet_random_init")
+def test_lposs_checks_its_settings_once_on_construction_not_again_per_image(small_encoders, monkeypatch):
+    """LPOSSConfig is checked when built; LPOSS.predict runs both stages without checking the
+    settings again (the stages' own checks are for their public keyword arguments)."""
+    from conftest import SMALL_CONFIG_KWARGS
+    from segmentation import LPOSS, config, stages
+
+    vlm, vm = small_encoders
+    model = LPOSS(vlm, vm, LPOSSConfig(**SMALL_CONFIG_KWARGS))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a setting was checked again on the internal path")
+
+    monkeypatch.setattr(stages, "check_settings", refuse)
+    monkeypatch.setattr(config, "check_settings", refuse)
+    monkeypatch.setattr(config.PropagationSettings, "__post_init__", refuse)
+    assert model.predict(torch.rand(3, 40, 60), "a,b").shape == (2, 40, 60)
+    with pytest.raises(AssertionError, match="checked again"):
+        patch_propagation(F.normalize(torch.randn(10, 4), dim=1), torch.rand(10, 2), torch.rand(10, 2))
