@@ -1,5 +1,5 @@
 """LPOSS patch stage: 2,940 nodes, D=768, k=400, 46 columns, 10 CG iterations (float64,
-as published): ``segmentation.lposs.patch_propagation`` (the pipeline's call) vs numpy
+as published): ``segmentation.stages.patch_propagation`` (the pipeline's call) vs numpy
 top-k + scipy sparse + one scipy CG per column, and vs the previous graphprop way (kNN,
 directed edge list, ``symmetrize``, ``label_propagation`` normalising); then where the
 pipeline's call spends its time (``test_patch_stage_breakdown``)."""
@@ -17,7 +17,7 @@ from benchmarks.workloads import (
     baseline_solve,
     patch_workload,
 )
-from segmentation.lposs import patch_propagation
+from segmentation.stages import patch_propagation
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_patch_stage_breakdown(benchmark, workload, part):
     from graphprop._knn import _normalized_symmetric_graph
     from graphprop._knn_kernels import select_topk
     from segmentation._patch_kernels import patch_weights
-    from segmentation.lposs import _solver_graph
+    from segmentation.stages import _solver_graph
 
     features, scores, centres = workload
     x = features.numpy()

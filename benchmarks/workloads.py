@@ -246,8 +246,8 @@ def published_lposs_plus(clip, dino, image: torch.Tensor, text, timings: dict | 
     """
     import time
 
-    from segmentation.lposs import merge_windows
     from segmentation.preprocess import window_boxes
+    from segmentation.stages import merge_windows
 
     timings = {} if timings is None else timings
     height, width = image.shape[1:]

@@ -1,7 +1,8 @@
 """LPOSS / LPOSS+: training-free open-vocabulary semantic segmentation.
 
 ``LPOSS(vlm, vm).segment(image, ["road", "car", "sky;cloud"])`` labels every pixel;
-:mod:`segmentation.lposs` holds the two propagation stages as plain tensor functions.
+:mod:`segmentation.stages` holds the stages as plain tensor functions, :mod:`segmentation.config`
+the settings and their rules.
 """
 
 from .pipeline import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP

@@ -1,5 +1,5 @@
 """Compiled CPU loop (numba) of the LPOSS patch-graph weights, compiled on first use and
-cached on disk; :func:`segmentation.lposs.patch_graph`'s torch formula is its twin."""
+cached on disk; :func:`segmentation.stages.patch_graph`'s torch formula is its twin."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Colour conversion as a pure function (the LPOSS+ pixel graph works on CIE Lab)."""
+"""Colour conversion as a pure function (the LPOSS+ pixel graph works on CIE Lab, ``docs/method.md`` §7)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,31 @@ _RGB_TO_XYZ = (
     (0.019334, 0.119193, 0.950227),
 )
 _WHITE_D65 = (0.95047, 1.0, 1.08883)
-# (100, 128, 128): the scale LPOSS+ divides the L, a, b channels by (spec section 7).
+# (100, 128, 128): the scale LPOSS+ divides the L, a, b channels by (docs/method.md §7).
 LAB_SCALE = (100.0, 128.0, 128.0)
 
 
 def rgb_to_lab(image: Tensor) -> Tensor:
     """CIE Lab (D65) of an sRGB image.
 
-    Args:
-        image: (3, H, W) or (B, 3, H, W) float sRGB in [0, 1].
+    The sRGB gamma is removed first (``((c + 0.055) / 1.055) ** 2.4`` above 0.04045, ``c / 12.92``
+    below); the formulas are those of ``kornia.color.rgb_to_lab`` (linear segment
+    ``7.787 t + 4/29`` below 0.008856).
 
-    Returns:
-        The same shape and dtype: L in [0, 100], a and b roughly in [-128, 127].
-        The sRGB gamma is removed first (``((c + 0.055) / 1.055) ** 2.4`` above
-        0.04045, ``c / 12.92`` below); the formulas are those of
-        ``kornia.color.rgb_to_lab`` (linear segment ``7.787 t + 4/29`` below
-        0.008856).
+    Parameters
+    ----------
+    image : (3, H, W) or (B, 3, H, W) float tensor, sRGB in [0, 1]
+
+    Returns
+    -------
+    Tensor of the same shape, dtype and device: L in [0, 100], a and b roughly in [-128, 127].
+
+    Raises
+    ------
+    ValueError
+        ``image`` is not (3, H, W) or (B, 3, H, W).
+    TypeError
+        ``image`` is not a float tensor.
     """
     if image.dim() not in (3, 4) or image.size(-3) != 3:
         raise ValueError(f"image must have shape (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")

@@ -1,10 +1,14 @@
-"""LPOSS / LPOSS+ and the MaskCLIP baseline, end to end: image + class names -> scores, labels."""
+"""LPOSS / LPOSS+ and the MaskCLIP baseline, end to end: image + class names -> scores, labels.
+
+The classes hold the networks and an :class:`~segmentation.config.LPOSSConfig` and call the stage
+functions of :mod:`segmentation.stages`; the method is that of ``docs/method.md`` (§ below).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -12,76 +16,14 @@ from torch import Tensor
 
 import encoders
 
-from .lposs import merge_windows, patch_propagation, pixel_propagation
-from .preprocess import RESIZE_METHODS, ImageInput, load_image, resize_image, window_boxes, working_size
+from .config import LPOSSConfig
+from .preprocess import ImageInput, load_image, resize_image, window_boxes, working_size
+from .stages import _patch_stage, _pixel_stage, merge_windows, patch_centers
 
 __all__ = ["ImageFeatures", "LPOSS", "LPOSSConfig", "MaskCLIP"]
 
 PUBLISHED_VLM = "open_clip:ViT-B-16@laion2b_s34b_b88k"
 PUBLISHED_VM = "timm:vit_base_patch16_224.dino"
-
-
-@dataclass(frozen=True)
-class LPOSSConfig:
-    """Every setting of LPOSS / LPOSS+, with the published defaults (``docs/method.md``).
-
-    short_side, long_side_cap : the image is resized so its short side is ``short_side`` unless
-        the long side would exceed ``long_side_cap`` (448, 2048).
-    window, stride : sliding windows in pixels (224, 112). ``sliding=False`` runs the whole
-        image as one window (an option beyond the paper).
-    k, gamma, sigma, pix_dist_pow : patch graph (400 neighbours, 3.0, 0.01, 1.0).
-    alpha, tol, max_iter : label propagation (0.95, 1e-6, 10 CG iterations), both stages.
-    tau, pixel_window : pixel graph (0.01, a 13 x 13 window).
-    pixel_refine : LPOSS+ (True) or LPOSS (False).
-    resize : how 8-bit images are resized (§1): "torch" (default; the published rule in float,
-        rounded) or "opencv" (OpenCV's own fixed-point ``INTER_LINEAR``, bit-exact with the
-        published pipeline; needs ``opencv-python-headless``).
-    """
-
-    short_side: int = 448
-    long_side_cap: int = 2048
-    window: int = 224
-    stride: int = 112
-    sliding: bool = True
-    k: int = 400
-    gamma: float = 3.0
-    sigma: float = 0.01
-    pix_dist_pow: float = 1.0
-    alpha: float = 0.95
-    tau: float = 0.01
-    pixel_window: int = 13
-    tol: float = 1e-6
-    max_iter: int = 10
-    pixel_refine: bool = True
-    resize: str = "torch"
-
-    def __post_init__(self):
-        for name in ("short_side", "long_side_cap", "window", "stride", "k", "max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LPOSSConfig.{name} must be a positive integer, got {value!r}")
-        if self.long_side_cap < self.short_side:
-            raise ValueError(f"LPOSSConfig.long_side_cap ({self.long_side_cap}) must be >= "
-                             f"short_side ({self.short_side})")
-        if isinstance(self.pixel_window, bool) or not isinstance(self.pixel_window, int) or \
-                self.pixel_window < 3 or self.pixel_window % 2 == 0:
-            raise ValueError(f"LPOSSConfig.pixel_window must be an odd integer >= 3, got {self.pixel_window!r}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"LPOSSConfig.alpha must be in (0, 1), got {self.alpha!r}")
-        for name in ("gamma", "pix_dist_pow", "tau"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"LPOSSConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("sigma", "tol"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"LPOSSConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.resize not in RESIZE_METHODS:
-            raise ValueError(f"LPOSSConfig.resize must be one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}")
-        for name in ("sliding", "pixel_refine"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"LPOSSConfig.{name} must be True or False, got {getattr(self, name)!r}")
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,7 +37,9 @@ class ImageFeatures:
     boxes : windows ``(y1, y2, x1, x2)`` in working-size pixels
     vlm_features : (n, gh, gw, D) L2-normalised VLM patch features, one grid per window
     vm_features : (n, gh', gw', D') L2-normalised VM patch features
-    vm_patch_size : the VM's patch size (patch centres are ``y1 + p // 2 + p * row``)
+    vm_patch_size : the VM's patch size (patch centres: :func:`~segmentation.stages.patch_centers`)
+    timings : seconds of the "preprocess", "vlm" and "vm" stages spent on this image (a batch's
+        seconds shared evenly over its images; ``segmentation.batch`` reports them per image)
     """
 
     image: Tensor
@@ -137,8 +81,16 @@ class _Segmenter:
     def encode(self, image: ImageInput, *, on_stage: Callable[[str], None] | None = None) -> ImageFeatures:
         """Resize, cut into windows and run both networks once (all windows in one batch).
 
-        ``on_stage(name)`` is called as each stage starts ("preprocess", "vlm", "vm"), e.g. to drive
-        a progress bar.
+        Parameters
+        ----------
+        image : path, PIL image, (H, W, 3) uint8 array or (3, H, W) float tensor in [0, 1]
+            (any :data:`~segmentation.preprocess.ImageInput`)
+        on_stage : optional callable, called with each stage's name as it starts ("preprocess",
+            "vlm", "vm"), e.g. to drive a progress bar
+
+        Returns
+        -------
+        :class:`ImageFeatures` of the image, for :meth:`predict`.
         """
         return self.encode_batch([image], on_stage=on_stage)[0]
 
@@ -157,9 +109,14 @@ class _Segmenter:
         list of :class:`ImageFeatures`, one per image, in order; each one's ``timings`` are the
         batch's seconds divided evenly over its images.
         """
-        stage = on_stage or _no_stage
+        report = on_stage or _no_stage
+        timer = StageTimer()  # the seconds of each stage, shared out as ImageFeatures.timings
+
+        def stage(name: str) -> None:
+            report(name)
+            timer(name)
+
         stage("preprocess")
-        start = time.perf_counter()
         cfg = self.config
         prepared = []  # (resized (3, h, w), original (H, W), boxes)
         for image in images:
@@ -172,21 +129,17 @@ class _Segmenter:
             prepared.append((resized, original, boxes))
         if not prepared:
             return []
-        timings = {"preprocess": time.perf_counter() - start}
         sizes = {(y2 - y1, x2 - x1) for _, _, boxes in prepared for y1, y2, x1, x2 in boxes}
         groups = [prepared] if len(sizes) == 1 else [[item] for item in prepared]  # one batch needs one size
         stage("vlm")
-        start = time.perf_counter()
         vlm_features = [self.vlm.dense_features(self._windows(group)) for group in groups]
-        timings["vlm"] = time.perf_counter() - start
         vm_features = None
         if self.vm is not None:
             stage("vm")
-            start = time.perf_counter()
             vm_features = [self.vm.dense_features(self._windows(group)) for group in groups]
-            timings["vm"] = time.perf_counter() - start
+        timer.stop()
         patch = int(getattr(self.vm, "patch_size", self.vlm.patch_size))
-        share = {key: value / len(prepared) for key, value in timings.items()}
+        share = {key: value / len(prepared) for key, value in timer.seconds.items()}
         features = []
         for g, group in enumerate(groups):
             first = 0
@@ -200,7 +153,7 @@ class _Segmenter:
 
     @staticmethod
     def _windows(prepared) -> Tensor:
-        """(n, 3, window, window): the windows of the prepared images, in order."""
+        """(n, 3, wh, ww) tensor: the windows of the prepared images, in order (one window size)."""
         return torch.stack([resized[:, y1:y2, x1:x2] for resized, _, boxes in prepared for y1, y2, x1, x2 in boxes])
 
     # ------------------------------------------------------------------ predict
@@ -239,14 +192,29 @@ class _Segmenter:
                                  align_corners=False)[0]
 
     def segment(self, image, class_names):
-        """(H, W) long tensor: the class index of every pixel (a list for a list of images)."""
+        """The class index of every pixel: the argmax of :meth:`predict`.
+
+        Parameters
+        ----------
+        image, class_names : as for :meth:`predict`
+
+        Returns
+        -------
+        (H, W) long tensor at the original image size (a list of them for a list of images).
+        """
         scores = self.predict(image, class_names)
         if isinstance(scores, list):
             return [s.argmax(0) for s in scores]
         return scores.argmax(0)
 
     def _initial_scores(self, features: ImageFeatures, text) -> Tensor:
-        """(n, E, gh', gw') cosine similarities of VLM patches and text, on the VM's grid."""
+        """Initial scores (§5): cosine similarities of VLM patches and text embeddings.
+
+        Returns
+        -------
+        (n, E, gh', gw') tensor, one map per window and embedding, resized bilinearly onto the VM's
+        patch grid (gh', gw') where that differs from the VLM's.
+        """
         embeddings = text.embeddings.to(features.vlm_features.device, features.vlm_features.dtype)
         scores = (features.vlm_features @ embeddings.T).permute(0, 3, 1, 2)
         if features.vm_features is not None and scores.shape[-2:] != features.vm_features.shape[1:3]:
@@ -258,9 +226,19 @@ class _Segmenter:
 
 
 def encoder_options(*, device=None, random_init: bool = False, precision: str = "fp32") -> dict:
-    """The keyword arguments of :func:`encoders.create` for both networks. ``precision`` is passed on
-    only when it is not fp32 (every encoder's default), so encoders without the option keep working;
-    it is checked here, before anything is built."""
+    """The keyword arguments of :func:`encoders.create` for both networks.
+
+    Parameters
+    ----------
+    device : where the networks run (default: each encoder's default)
+    random_init : build the networks with random weights (``pretrained=None``: tests, timing)
+    precision : "fp32", "bf16" or "fp16"; checked here, before anything is built, and passed on
+        only when it is not fp32 (every encoder's default), so encoders without the option work
+
+    Returns
+    -------
+    dict of keyword arguments.
+    """
     kwargs: dict = {"device": device}
     if random_init:
         kwargs["pretrained"] = None
@@ -282,8 +260,12 @@ class StageTimer:
     >>> timer.seconds                                            # doctest: +SKIP
     {'text': 0.001, 'preprocess': 0.01, 'vlm': 3.6, ...}
 
-    ``seconds`` may start from earlier totals (a resumed evaluation); a stage runs until the next
-    one starts or :meth:`stop` is called.
+    A stage runs until the next one starts or :meth:`stop` is called.
+
+    Parameters
+    ----------
+    seconds : optional dict of stage name -> seconds to add to (earlier totals, e.g. a resumed
+        evaluation); kept as :attr:`seconds`
     """
 
     def __init__(self, seconds: dict[str, float] | None = None):
@@ -306,6 +288,12 @@ class MaskCLIP(_Segmenter):
     """The no-propagation baseline (§8): window-merged MaskCLIP scores.
 
     The released LPOSS code has no path for it; this definition is the project's.
+
+    Parameters
+    ----------
+    vlm : a :class:`encoders.VisionLanguageEncoder` (CLIP; MaskCLIP features)
+    config : :class:`~segmentation.config.LPOSSConfig`; only its preprocessing fields are read
+    device : where the scores are merged; default the VLM's device
     """
 
     def __init__(self, vlm, config: LPOSSConfig | None = None, *, device=None):
@@ -323,7 +311,7 @@ class LPOSS(_Segmenter):
     ----------
     vlm : a :class:`encoders.VisionLanguageEncoder` (CLIP; MaskCLIP features)
     vm : a :class:`encoders.VisionEncoder` (DINO)
-    config : :class:`LPOSSConfig`, the published settings by default
+    config : :class:`~segmentation.config.LPOSSConfig`, the published settings by default
     device : where propagation runs; default the VLM's device
     """
 
@@ -335,11 +323,21 @@ class LPOSS(_Segmenter):
     @classmethod
     def from_pretrained(cls, vlm: str = PUBLISHED_VLM, vm: str = PUBLISHED_VM, config: LPOSSConfig | None = None,
                         *, device=None, random_init: bool = False, precision: str = "fp32") -> LPOSS:
-        """The published encoders (open_clip ViT-B-16 laion2b_s34b_b88k + DINO ViT-B/16), or others
-        by spec; ``random_init=True`` builds them with random weights (tests, timing).
+        """LPOSS with the published encoders, or others by spec.
 
-        ``precision`` ("fp32", "bf16" or "fp16") is what both networks run in (see
-        :class:`encoders.OpenCLIPEncoder`); propagation stays in float32 / float64 whatever it is.
+        Parameters
+        ----------
+        vlm, vm : encoder specs for :func:`encoders.create` (default open_clip ViT-B-16
+            laion2b_s34b_b88k and DINO ViT-B/16)
+        config : :class:`~segmentation.config.LPOSSConfig`, the published settings by default
+        device : where the networks and propagation run
+        random_init : build the networks with random weights (tests, timing)
+        precision : "fp32", "bf16" or "fp16", what both networks run in (see
+            :class:`encoders.OpenCLIPEncoder`); propagation stays in float32 / float64 whatever it is
+
+        Returns
+        -------
+        :class:`LPOSS`.
         """
         kwargs = encoder_options(device=device, random_init=random_init, precision=precision)
         return cls(encoders.create(vlm, **kwargs), encoders.create(vm, **kwargs), config, device=device)
@@ -355,23 +353,15 @@ class LPOSS(_Segmenter):
         initial = self._initial_scores(features, text)  # (n, E, gh, gw)
         n, e, gh, gw = initial.shape
         vm = features.vm_features.to(initial.device)
-        p = features.vm_patch_size
-        rows = torch.arange(gh, device=initial.device, dtype=torch.float32)
-        cols = torch.arange(gw, device=initial.device, dtype=torch.float32)
-        centers = torch.cat([
-            torch.stack(torch.meshgrid(y1 + p // 2 + p * rows, x1 + p // 2 + p * cols, indexing="ij"),
-                        -1).reshape(-1, 2)
-            for y1, _, x1, _ in features.boxes
-        ])
-        z = patch_propagation(
+        centers = patch_centers(features.boxes, (gh, gw), features.vm_patch_size, device=initial.device)
+        z = _patch_stage(
             vm.reshape(n * gh * gw, -1), initial.permute(0, 2, 3, 1).reshape(n * gh * gw, e), centers,
-            k=cfg.k, gamma=cfg.gamma, sigma=cfg.sigma, pix_dist_pow=cfg.pix_dist_pow,
-            alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter,
+            k=cfg.k, gamma=cfg.gamma, sigma=cfg.sigma, pix_dist_pow=cfg.pix_dist_pow, settings=cfg.propagation,
         )
         h, w = features.image.shape[1:]
         merged = merge_windows(z.reshape(n, gh, gw, e).permute(0, 3, 1, 2), features.boxes, (h, w))
         if not cfg.pixel_refine:
             return merged
         stage("pixel propagation")
-        return pixel_propagation(features.image.to(merged.device), merged, window=cfg.pixel_window, tau=cfg.tau,
-                                 alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter)
+        return _pixel_stage(features.image.to(merged.device), merged, window=cfg.pixel_window, tau=cfg.tau,
+                            settings=cfg.propagation)

@@ -1,14 +1,21 @@
-"""The two propagation stages of LPOSS / LPOSS+, as plain tensor functions on ``graphprop``.
+"""The stages of LPOSS / LPOSS+, as plain tensor functions on ``graphprop``.
 
-- :func:`patch_propagation` (``docs/method.md`` §6): a kNN graph over the patches of all
-  windows, weights from VM feature similarity and patch distance, label propagation of the VLM
-  scores.
+- :func:`patch_centers` (``docs/method.md`` §6): the pixel centres of the patches of all windows.
+- :func:`patch_propagation` (§6): a kNN graph over the patches of all windows, weights from VM
+  feature similarity and patch distance, label propagation of the VLM scores.
 - :func:`pixel_propagation` (§7): a 13 x 13-window graph over the pixels with Lab colour weights,
   label propagation of the patch-stage scores at pixel resolution.
 - :func:`merge_windows`: per-window score maps resized onto the image and averaged.
+
+The public functions check their arguments once (:mod:`segmentation.config`'s rules);
+:class:`~segmentation.pipeline.LPOSS`, whose :class:`~segmentation.config.LPOSSConfig` was checked
+on construction, calls the unchecked ``_patch_stage`` / ``_pixel_stage`` they share. Outputs follow
+the inputs' device.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,17 +25,41 @@ import graphprop as gp
 from graphprop._stencil import numba_available
 
 from .color import LAB_SCALE, rgb_to_lab
+from .config import LPOSS_CONSTRAINTS, PATCH_GRAPH_CONSTRAINTS, PropagationSettings, check_settings
 
-__all__ = ["merge_windows", "patch_graph", "patch_propagation", "pixel_propagation"]
+__all__ = ["merge_windows", "patch_centers", "patch_graph", "patch_propagation", "pixel_propagation"]
 
 
-def _check_solver_settings(alpha: float, tol: float, max_iter: int) -> None:
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+def patch_centers(boxes: Sequence[tuple[int, int, int, int]], grid: tuple[int, int], patch_size: int, *,
+                  device: torch.device | str | None = None) -> Tensor:
+    """The pixel centres of the patches of every window, in the order the patch stage takes them.
+
+    The patch in row ``r``, column ``c`` of window ``(y1, y2, x1, x2)`` is centred at
+    ``(y1 + p // 2 + p * r, x1 + p // 2 + p * c)``, ``p`` the VM's patch size (§6).
+
+    Parameters
+    ----------
+    boxes : n windows ``(y1, y2, x1, x2)`` in working-size pixels
+    grid : (gh, gw), the patch grid of every window
+    patch_size : p, the VM's patch size in pixels
+    device : where the result lives (default the CPU)
+
+    Returns
+    -------
+    (n * gh * gw, 2) float32 tensor of (y, x): window by window, then row-major over the grid
+    (the order of ``vm_features.reshape(n * gh * gw, D)``).
+    """
+    if not boxes:
+        return torch.empty(0, 2, device=device)
+    gh, gw = grid
+    p = patch_size
+    rows = torch.arange(gh, device=device, dtype=torch.float32)
+    cols = torch.arange(gw, device=device, dtype=torch.float32)
+    return torch.cat([
+        torch.stack(torch.meshgrid(y1 + p // 2 + p * rows, x1 + p // 2 + p * cols, indexing="ij"),
+                    -1).reshape(-1, 2)
+        for y1, _, x1, _ in boxes
+    ])
 
 
 def patch_propagation(
@@ -57,11 +88,21 @@ def patch_propagation(
     ----------
     features : (N, D) float tensor, L2-normalised VM patch features
     scores : (N, E) float tensor, initial scores (one column per text embedding)
-    centers : (N, 2) float tensor, patch centres (y, x) in pixels
+    centers : (N, 2) float tensor, patch centres (y, x) in pixels (:func:`patch_centers`)
+    k, gamma, sigma, pix_dist_pow : the patch graph's settings (published 400, 3.0, 0.01, 1.0)
+    alpha, tol, max_iter : the solve's settings (published 0.95, 1e-6, 10), a
+        :class:`~segmentation.config.PropagationSettings`
 
     Returns
     -------
     (N, E) tensor in ``scores``' dtype, on its device.
+
+    Raises
+    ------
+    TypeError
+        A setting of the wrong type (``k=2.5``).
+    ValueError
+        Shapes that do not fit, or a setting out of range (``alpha=1.0``).
     """
     if features.ndim != 2 or scores.ndim != 2 or centers.ndim != 2 or centers.shape[1] != 2:
         raise ValueError(
@@ -72,16 +113,26 @@ def patch_propagation(
     if scores.shape[0] != n or centers.shape[0] != n:
         raise ValueError(f"features, scores and centers must have the same N, got {n}, {scores.shape[0]}, "
                          f"{centers.shape[0]}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if gamma <= 0 or sigma < 0 or pix_dist_pow <= 0:
-        raise ValueError(f"gamma and pix_dist_pow must be > 0 and sigma >= 0, got {gamma}, {sigma}, {pix_dist_pow}")
-    _check_solver_settings(alpha, tol, max_iter)
+    check_settings({"k": k, "gamma": gamma, "sigma": sigma, "pix_dist_pow": pix_dist_pow}, PATCH_GRAPH_CONSTRAINTS)
+    settings = PropagationSettings(alpha=alpha, tol=tol, max_iter=max_iter)
+    return _patch_stage(features, scores, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow,
+                        settings=settings)
 
+
+def _patch_stage(features: Tensor, scores: Tensor, centers: Tensor, *, k: int, gamma: float, sigma: float,
+                 pix_dist_pow: float, settings: PropagationSettings) -> Tensor:
+    """:func:`patch_propagation` on arguments already checked: (N, D), (N, E), (N, 2) -> (N, E)."""
     w_hat = _solver_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
-    z = gp.label_propagation(w_hat, scores.to(w_hat.device, torch.float64), alpha=alpha, tol=tol,
-                             max_iter=max_iter, solver="cg", normalize=False, warn=False)
+    z = _solve(w_hat, scores.to(w_hat.device, torch.float64), settings, normalize=False)
     return z.to(device=scores.device, dtype=scores.dtype)
+
+
+def _solve(graph: gp.Graph | gp.GridGraph, y: Tensor, settings: PropagationSettings, *,
+           normalize: bool = True) -> Tensor:
+    """Both stages' solve of ``(I - alpha W_hat) Z = Y``: (N, E) -> (N, E), by CG as published,
+    stopping at ``max_iter`` silently (the published stages stop there by design)."""
+    return gp.label_propagation(graph, y, alpha=settings.alpha, tol=settings.tol, max_iter=settings.max_iter,
+                                solver="cg", normalize=normalize, warn=False)
 
 
 def _solver_graph(features: Tensor, centers: Tensor, *, k: int, gamma: float, sigma: float,
@@ -120,9 +171,19 @@ def _solver_graph(features: Tensor, centers: Tensor, *, k: int, gamma: float, si
 
 
 def _normalized(graph: gp.Graph) -> gp.Graph:
-    """``W_hat = D^-1/2 W D^-1/2`` of ``graph`` without its self-loops, in float64: what
-    ``label_propagation(graph.to(dtype=torch.float64))`` normalises to (§6). On the CPU one
-    compiled pass over the edges, which :func:`patch_graph` gives sorted by (source, target)."""
+    """``W_hat = D^-1/2 W D^-1/2`` of ``graph`` without its self-loops, in float64 (§6).
+
+    What ``label_propagation(graph.to(dtype=torch.float64))`` normalises to. On the CPU one
+    compiled pass over the edges, which :func:`patch_graph` gives sorted by (source, target).
+
+    Parameters
+    ----------
+    graph : :class:`graphprop.Graph` of N nodes, edges sorted by (source, target)
+
+    Returns
+    -------
+    :class:`graphprop.Graph` of N nodes, float64 weights, no self-loops.
+    """
     if graph.device.type != "cpu" or not numba_available():
         return gp.sym_normalize(gp.remove_self_loops(graph.to(dtype=torch.float64)))
     from graphprop._knn_kernels import normalized_without_self_loops
@@ -136,12 +197,24 @@ def _normalized(graph: gp.Graph) -> gp.Graph:
 
 def patch_graph(features: Tensor, centers: Tensor, *, k: int = 400, gamma: float = 3.0, sigma: float = 0.01,
                 pix_dist_pow: float = 1.0, backend: str = "auto") -> gp.Graph:
-    """The LPOSS patch graph ``W + W^T`` (not normalised), float32 weights as published.
+    """The LPOSS patch graph ``W + W^T`` (not normalised), float32 weights as published (§6).
 
-    ``features`` (N, D) L2-normalised, ``centers`` (N, 2) in pixels; kNN by inner product with
-    ``min(k, N)`` neighbours (self included), weights ``max(s, 0) ** gamma * exp(-sigma * d ** p)``
-    on the directed edges, then ``W + W^T`` (:func:`graphprop.knn_graph` with ``symmetric=True``):
-    edges sorted by (source, target), self-loops kept (the solver drops them).
+    kNN by inner product with ``min(k, N)`` neighbours (self included), weights
+    ``max(s, 0) ** gamma * exp(-sigma * d ** pix_dist_pow)`` on the directed edges, ``d`` the
+    distance of the patch centres, then ``W + W^T`` (:func:`graphprop.knn_graph` with
+    ``symmetric=True``). The arguments are not checked (:func:`patch_propagation` checks them).
+
+    Parameters
+    ----------
+    features : (N, D) float tensor, L2-normalised VM patch features
+    centers : (N, 2) float tensor, patch centres (y, x) in pixels (:func:`patch_centers`)
+    k, gamma, sigma, pix_dist_pow : the patch graph's settings (published 400, 3.0, 0.01, 1.0)
+    backend : the kNN search of :func:`graphprop.knn` ("auto" by default)
+
+    Returns
+    -------
+    :class:`graphprop.Graph` of N nodes on ``features``' device: edges sorted by (source, target),
+    self-loops kept (the solver drops them), float32 weights.
     """
     n = features.shape[0]
     features = features.float()
@@ -176,22 +249,35 @@ def pixel_propagation(
     ----------
     image : (3, H, W) float tensor, RGB in [0, 1]
     scores : (E, H, W) float tensor
+    window, tau : the pixel graph's settings (published 13, 0.01; LPOSSConfig's ``pixel_window``
+        and ``tau``)
+    alpha, tol, max_iter : the solve's settings (published 0.95, 1e-6, 10), a
+        :class:`~segmentation.config.PropagationSettings`
 
     Returns
     -------
     (E, H, W) tensor in ``scores``' dtype (float32 or float64), on its device.
+
+    Raises
+    ------
+    TypeError
+        A setting of the wrong type (``window=7.0``).
+    ValueError
+        Shapes that do not fit, or a setting out of range (``window=4``, ``tau=0``).
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must have shape (3, H, W), got {tuple(image.shape)}")
     if scores.ndim != 3 or scores.shape[1:] != image.shape[1:]:
         raise ValueError(f"scores must have shape (E, H, W) = (E, {image.shape[1]}, {image.shape[2]}), "
                          f"got {tuple(scores.shape)}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
-        raise ValueError(f"window must be an odd integer >= 3, got {window!r}")
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    _check_solver_settings(alpha, tol, max_iter)
+    check_settings({"window": window, "tau": tau},
+                   {"window": LPOSS_CONSTRAINTS["pixel_window"], "tau": LPOSS_CONSTRAINTS["tau"]})
+    settings = PropagationSettings(alpha=alpha, tol=tol, max_iter=max_iter)
+    return _pixel_stage(image, scores, window=window, tau=tau, settings=settings)
 
+
+def _pixel_stage(image: Tensor, scores: Tensor, *, window: int, tau: float, settings: PropagationSettings) -> Tensor:
+    """:func:`pixel_propagation` on arguments already checked: (3, H, W), (E, H, W) -> (E, H, W)."""
     dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
     image = image.to(device=scores.device, dtype=torch.float32)
     scale = torch.tensor(LAB_SCALE, device=image.device).view(3, 1, 1)
@@ -199,7 +285,7 @@ def pixel_propagation(
     graph = gp.grid_graph(lab, window // 2, tau)
     e, h, w = scores.shape
     y = scores.to(dtype).reshape(e, h * w).T
-    z = gp.label_propagation(graph, y, alpha=alpha, tol=tol, max_iter=max_iter, solver="cg", warn=False)
+    z = _solve(graph, y, settings)
     return z.T.reshape(e, h, w).to(scores.dtype)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import graphprop as gp
-from segmentation import lposs
+from segmentation import stages
 
 SETTINGS = [(25, 3.0, 0.01, 1.0), (60, 3.0, 0.01, 1.0), (25, 1.5, 0.01, 1.0), (25, 3.0, 0.03, 1.4)]
 
@@ -49,15 +49,15 @@ def test_solver_graph_equals_the_general_construction(k, gamma, sigma, pix_dist_
     entries and the same values to float32 rounding of the weights, is marked symmetric, and
     the published-settings graph differs from the others (every setting is used)."""
     features, centers = _inputs(seed=1)
-    fast = lposs._solver_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
-    general = lposs._normalized(lposs.patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma,
+    fast = stages._solver_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
+    general = stages._normalized(stages.patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma,
                                                   pix_dist_pow=pix_dist_pow))
     keep = general.edge_weight != 0
     assert torch.equal(fast.edge_index, general.edge_index[:, keep])
     torch.testing.assert_close(fast.edge_weight, general.edge_weight[keep], rtol=1e-5, atol=0)
     assert fast._derived["symmetric"][1] is True
     if (k, gamma, sigma, pix_dist_pow) != SETTINGS[0]:
-        published = lposs._solver_graph(features, centers, k=25, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
+        published = stages._solver_graph(features, centers, k=25, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
         assert not (published.num_edges == fast.num_edges and torch.equal(published.edge_weight, fast.edge_weight))
 
 
@@ -67,8 +67,8 @@ def test_solver_graph_with_duplicate_patches_and_k_capped():
     features, centers = _inputs(n=50, seed=2)
     features = torch.cat([features, features])
     centers = torch.cat([centers, centers + 1])
-    fast = lposs._solver_graph(features, centers, k=400, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
-    general = lposs._normalized(lposs.patch_graph(features, centers, k=400))
+    fast = stages._solver_graph(features, centers, k=400, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
+    general = stages._normalized(stages.patch_graph(features, centers, k=400))
     keep = general.edge_weight != 0
     assert torch.equal(fast.edge_index, general.edge_index[:, keep])
     torch.testing.assert_close(fast.edge_weight, general.edge_weight[keep], rtol=1e-5, atol=0)
@@ -82,7 +82,7 @@ def test_patch_propagation_falls_back_to_the_general_path_without_numba(monkeypa
     """Where numba is missing (or off the CPU) the general construction runs: the same result."""
     features, centers = _inputs(n=120, seed=3)
     scores = torch.rand(120, 4)
-    fast = lposs.patch_propagation(features, scores, centers, k=20)
-    monkeypatch.setattr(lposs, "numba_available", lambda: False)
-    general = lposs.patch_propagation(features, scores, centers, k=20)
+    fast = stages.patch_propagation(features, scores, centers, k=20)
+    monkeypatch.setattr(stages, "numba_available", lambda: False)
+    general = stages.patch_propagation(features, scores, centers, k=20)
     torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-7)

@@ -14,8 +14,8 @@ import graphprop as gp
 from conftest import SMALL_CONFIG_KWARGS
 from segmentation import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
 from segmentation.color import LAB_SCALE, rgb_to_lab
-from segmentation.lposs import merge_windows, patch_graph, patch_propagation, pixel_propagation
 from segmentation.preprocess import load_image, resize_image, window_boxes, working_size
+from segmentation.stages import merge_windows, patch_centers, patch_graph, patch_propagation, pixel_propagation
 
 pytestmark = pytest.mark.usefixtures("quiet_random_init")
 
@@ -130,7 +130,7 @@ def test_patch_solver_graph_is_the_normalisation_of_label_propagation(isolated):
     """The float64 W_hat patch_propagation hands to the solver (compiled on the CPU) equals
     graphprop's sym_normalize(remove_self_loops(.)) of the float64 graph, a zero degree
     (a node whose only edge is its self-loop) counting as 1."""
-    from segmentation.lposs import _normalized
+    from segmentation.stages import _normalized
 
     features, _, centers = _patch_inputs(n=120)
     graph = patch_graph(features, centers, k=9, gamma=2.0)
@@ -179,6 +179,38 @@ def test_pixel_propagation_equals_explicit_matrix(tau):
     matrix = sp.csr_matrix((vals, (rows, cols)), shape=(h * w, h * w))
     expected = scipy_cg_per_column(matrix, scores.double().reshape(3, -1).T.numpy()).T.reshape(3, h, w)
     np.testing.assert_allclose(z.numpy(), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("patch_size, grid", [(16, (4, 4)), (14, (3, 5)), (8, (1, 2))])
+def test_patch_centers_window_by_window_row_major(patch_size, grid):
+    """Centre of patch (r, c) of window (y1, y2, x1, x2): (y1 + p // 2 + p r, x1 + p // 2 + p c),
+    written out patch by patch, in the order of vm_features.reshape(n * gh * gw, D)."""
+    boxes = [(0, 64, 0, 64), (0, 64, 37, 101), (20, 84, 0, 64), (20, 84, 37, 101)]
+    gh, gw = grid
+    expected = []
+    for y1, _, x1, _ in boxes:
+        for row in range(gh):
+            for col in range(gw):
+                expected.append((y1 + patch_size // 2 + patch_size * row, x1 + patch_size // 2 + patch_size * col))
+    centers = patch_centers(boxes, grid, patch_size)
+    assert centers.dtype == torch.float32 and centers.shape == (len(boxes) * gh * gw, 2)
+    assert torch.equal(centers, torch.tensor(expected, dtype=torch.float32))
+    assert patch_centers([], grid, patch_size).shape == (0, 2)
+
+
+def test_the_old_module_name_is_a_deprecated_alias():
+    """``segmentation.lposs`` (the stages' old module) gives the same functions and warns on import."""
+    import importlib
+    import sys
+
+    import segmentation.stages as stages
+
+    sys.modules.pop("segmentation.lposs", None)
+    with pytest.warns(DeprecationWarning, match="segmentation.lposs is deprecated: import from segmentation.stages"):
+        old = importlib.import_module("segmentation.lposs")
+    for name in ("merge_windows", "patch_graph", "patch_propagation", "pixel_propagation"):
+        assert getattr(old, name) is getattr(stages, name)
+    assert set(old.__all__) <= set(stages.__all__)
 
 
 def test_merge_windows_averages_overlaps():
@@ -408,6 +440,26 @@ def test_stage_timer_adds_up_each_stage(monkeypatch):
     timer.stop()
     timer.stop()  # nothing running: no change
     assert timer.seconds == {"text": 2.0 + 1.0 + 2.5, "vlm": 2.5}
+
+
+def test_encode_batch_shares_each_network_stage_s_seconds_over_its_images(small_encoders, monkeypatch):
+    """ImageFeatures.timings (segmentation.batch reports them): each stage's seconds of the batch,
+    divided evenly over its images, on a clock that only the networks move (10 s VLM, 100 s VM)."""
+    from segmentation import pipeline
+
+    vlm, vm = small_encoders
+    clock = [0.0]
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: clock[0])
+    for encoder, seconds in ((vlm, 10.0), (vm, 100.0)):
+        def timed(images, _f=encoder.dense_features, _s=seconds):
+            clock[0] += _s
+            return _f(images)
+
+        monkeypatch.setattr(encoder, "dense_features", timed)
+    images = [torch.rand(3, 40, 100), torch.rand(3, 40, 100)]  # one window size: one batch per network
+    features = LPOSS(vlm, vm, SMALL).encode_batch(images)
+    assert [f.timings for f in features] == [{"preprocess": 0.0, "vlm": 5.0, "vm": 50.0}] * 2
+    assert MaskCLIP(vlm, SMALL).encode_batch(images[:1])[0].timings == {"preprocess": 0.0, "vlm": 10.0}
 
 
 def test_the_stages_run_the_published_cg_without_convergence_warnings():

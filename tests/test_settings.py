@@ -20,7 +20,9 @@ import torch
 import graphprop
 from conftest import SMALL_CONFIG_KWARGS
 from segmentation import LPOSS, LPOSSConfig
-from test_segmentation import bilinear_reference, scipy_cg_per_column
+from segmentation.config import PropagationSettings
+from segmentation.stages import patch_propagation, pixel_propagation
+from test_segmentation import _dense_patch_graph, _patch_inputs, bilinear_reference, scipy_cg_per_column
 
 pytestmark = pytest.mark.usefixtures("quiet_random_init")
 
@@ -243,6 +245,47 @@ def test_resize_setting_is_used(small_encoders):
     assert _differs(expected, reference_lposs(image, CLASSES, vlm, vm, BASE))
     ours = LPOSS(vlm, vm, cfg).predict(torch.from_numpy(image), CLASSES)
     assert_matches(ours.numpy(), expected)
+
+
+# --------------------------------------------------------------------------- PropagationSettings
+# One non-default value per field of the settings both stages share, each stage against scipy.
+PROPAGATION_CASES = {"alpha": 0.6, "tol": 0.05, "max_iter": 3}
+
+
+def test_every_propagation_setting_has_a_case():
+    assert set(PROPAGATION_CASES) == {f.name for f in dataclasses.fields(PropagationSettings)}
+    published = PropagationSettings()
+    for name, value in PROPAGATION_CASES.items():
+        assert value != getattr(published, name), name
+        assert getattr(LPOSSConfig(**{name: value}).propagation, name) == value, name
+
+
+@pytest.mark.parametrize("name", list(PROPAGATION_CASES))
+def test_propagation_setting_is_used_by_both_stages(name):
+    """patch_propagation and pixel_propagation at a non-default alpha / tol / max_iter against one
+    scipy CG per column at that value, which differs clearly from the published settings' result."""
+    settings = dataclasses.replace(PropagationSettings(), **{name: PROPAGATION_CASES[name]})
+    published = PropagationSettings().as_dict()
+
+    features, scores, centers = _patch_inputs(n=150, seed=4)
+    k, gamma, sigma, pix_dist_pow = 20, 3.0, 0.01, 1.0
+    graph = _dense_patch_graph(features, centers, k, gamma, sigma, pix_dist_pow)[0]
+    y = scores.double().numpy()
+    expected = scipy_cg_per_column(graph, y, **settings.as_dict())
+    assert _differs(expected, scipy_cg_per_column(graph, y, **published)), name
+    z = patch_propagation(features, scores, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow,
+                          **settings.as_dict())
+    np.testing.assert_allclose(z.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+    image = picture(height=12, width=15)
+    pixel_scores = torch.from_numpy(np.random.default_rng(6).random((2, 12, 15))).float()
+    cfg = LPOSSConfig(pixel_window=7, tau=0.05)
+    matrix = reference_pixel_graph(image.astype(np.float64), cfg)
+    flat = pixel_scores.double().reshape(2, -1).T.numpy()
+    expected = scipy_cg_per_column(matrix, flat, **settings.as_dict()).T.reshape(2, 12, 15)
+    assert _differs(expected, scipy_cg_per_column(matrix, flat, **published).T.reshape(2, 12, 15)), name
+    z = pixel_propagation(torch.from_numpy(image), pixel_scores, window=7, tau=0.05, **settings.as_dict())
+    assert_matches(z.numpy(), expected)
 
 
 # --------------------------------------------------------------------------- knn(backend="auto")
