@@ -126,6 +126,7 @@ def test_the_settings_reach_the_propagation(app, tmp_path):
         ("LPOSS+", {"pixel_window": 4}, "pixel_window must be an odd integer"),
         ("LPOSS+", {"alpha": 1.0}, "alpha must be in (0, 1)"),
         ("LPOSS+", {"k": 0}, "k must be a positive integer"),
+        ("LPOSS+", {"k": 7.5}, "k must be a positive integer, got float 7.5"),  # a TypeError in LPOSSConfig
         ("LPOSS+", {"window": 3}, "Unknown settings ['window']"),
         ("SAM", None, "Unknown method 'SAM'"),
     ],

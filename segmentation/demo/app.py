@@ -173,11 +173,11 @@ class DemoApp:
         for name in ("k", "pixel_window"):  # sliders send floats
             if isinstance(values[name], float) and values[name].is_integer():
                 values[name] = int(values[name])
-        try:
+        try:  # a wrong type (k=7.5 from code) is a TypeError, a wrong value a ValueError
             config = LPOSSConfig(**{**self.config.as_dict(), **values})
-            return chosen.build(self._encoder.vlm, self._encoder.vm, config)
-        except ValueError as error:
+        except (TypeError, ValueError) as error:
             raise DemoInputError(f"Settings: {str(error).replace('LPOSSConfig.', '')}") from None
+        return chosen.build(self._encoder.vlm, self._encoder.vm, config)
 
     def stage_order(self, method: str = "LPOSS+") -> list[str]:
         """The stages of one request in the order they start (the network stages only for a new image)."""
