@@ -57,13 +57,16 @@ def test_fused_step_equals_shift_and_dot(seed, n, density, columns, dtype, alpha
     np.testing.assert_allclose(dots, (p64 * expected_q).sum(0), rtol=rtol * 10, atol=rtol * n * n)
 
 
-def test_many_rows_and_tasks():
+@pytest.mark.parametrize("n", [3000, 120_000])  # z of 120 kB, and past _PREFETCH_MIN_BYTES: prefetched
+def test_many_rows_and_tasks(n):
     """More rows than one task (256) and entries than the prefetch distance, empty rows
-    included: a banded matrix, 10 columns, against scipy."""
+    included: a random matrix plus a band, 10 columns, against scipy."""
     import scipy.sparse as sp
 
-    n = 3000
-    m = sp.random(n, n, density=0.004, random_state=0, format="csr", dtype=np.float32)
+    assert (n * 10 * 4 >= ck._PREFETCH_MIN_BYTES) == (n > 100_000)
+    rng = np.random.default_rng(0)
+    r, c = rng.integers(0, n, (2, 12 * n))
+    m = sp.csr_matrix((rng.random(12 * n, dtype=np.float32), (r, c)), shape=(n, n))
     keep = np.ones(n, dtype=np.float32)
     keep[100:400] = 0  # empty rows, across a task boundary
     m = sp.csr_matrix(sp.diags(keep) @ (m + sp.eye(n, k=7, dtype=np.float32)))
