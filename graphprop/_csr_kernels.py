@@ -220,27 +220,40 @@ _PREFETCH_MIN_BYTES = 4 << 20
 
 
 @intrinsic
-def _prefetch_row(typingctx, z, row):  # pragma: no cover - compiled
-    """Prefetch (for reading, into all cache levels) the first and last element of
-    ``z[row, :]`` of a 2-D array: the cache lines a row of a few columns spans."""
-    sig = types.void(z, row)
+def _prefetch(typingctx, z, row, col):  # pragma: no cover - compiled
+    """Prefetch ``z[row, col]`` of a 2-D array (its cache line) for reading, into all
+    cache levels (``llvm.prefetch``; a hint, it never faults)."""
+    sig = types.void(z, row, col)
 
     def codegen(context, builder, signature, args):
-        zty, rowty = signature.args
+        zty, rowty, colty = signature.args
         array = context.make_array(zty)(context, builder, args[0])
         shape = cgutils.unpack_tuple(builder, array.shape, 2)
         strides = cgutils.unpack_tuple(builder, array.strides, 2)
-        r = context.cast(builder, args[1], rowty, types.intp)
-        last = builder.sub(shape[1], context.get_constant(types.intp, 1))
+        at = [context.cast(builder, a, t, types.intp) for a, t in ((args[1], rowty), (args[2], colty))]
+        ptr = cgutils.get_item_pointer2(context, builder, array.data, shape, strides, zty.layout, at)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
-        for col in (context.get_constant(types.intp, 0), last):
-            ptr = cgutils.get_item_pointer2(context, builder, array.data, shape, strides, zty.layout, [r, col])
-            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@numba.njit(inline="always", cache=True)
+def _prefetch_row(z, row):  # pragma: no cover - compiled
+    """Prefetch every cache line (64 B) that ``z[row, :]`` spans."""
+    last = z.shape[1] - 1
+    for col in range(0, last, 64 // z.itemsize):
+        _prefetch(z, row, col)
+    _prefetch(z, row, last)
+
+
+@numba.njit(inline="always", cache=True)
+def _accumulate(acc, v, z, j):  # pragma: no cover - compiled
+    for e in range(acc.shape[0]):
+        acc[e] += v * z[j, e]
 
 
 @numba.njit(**_PARALLEL)
@@ -259,13 +272,14 @@ def _product(indptr, indices, values, z, out, dots, alpha, fused, prefetch):  # 
         for i in range(t * _ROWS, min(n, (t + 1) * _ROWS)):
             for e in range(e_cols):
                 acc[e] = 0
-            for k in range(indptr[i], indptr[i + 1]):
-                if prefetch and k + _PREFETCH_AHEAD < nnz:
+            a, b = indptr[i], indptr[i + 1]
+            if prefetch:  # the rows gathered _PREFETCH_AHEAD entries later
+                for k in range(a, min(b, nnz - _PREFETCH_AHEAD)):
                     _prefetch_row(z, indices[k + _PREFETCH_AHEAD])
-                v = values[k]
-                j = indices[k]
-                for e in range(e_cols):
-                    acc[e] += v * z[j, e]
+                    _accumulate(acc, values[k], z, indices[k])
+                a = max(a, min(b, nnz - _PREFETCH_AHEAD))
+            for k in range(a, b):
+                _accumulate(acc, values[k], z, indices[k])
             if fused:
                 for e in range(e_cols):
                     q = z[i, e] - alpha * acc[e]
