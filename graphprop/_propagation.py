@@ -76,7 +76,7 @@ UNRESOLVED_ROWS_WARN = 0.01
 class ConvergenceWarning(UserWarning):
     """Some columns stopped at ``max_iter`` before reaching ``tol``; or (``"cg"``)
     some rows' scores are all below the residual the solve stopped at; or rows of a
-    float64 solution underflow to zero in y's float32."""
+    float64 solution underflow to zero in Z's float32 (``"direct"`` on a float32 graph)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ class PropagationResult:
     Attributes
     ----------
     z : Tensor
-        (N, E) the solution (same shape, dtype and device as ``y``).
+        (N, E) the solution (same shape and device as ``y``; dtype: y's promoted with the
+        weights', see :func:`label_propagation`).
     iterations : Tensor
         (E,) int64, iterations run for each column (0 for ``"direct"`` and, for every
         solver, for all-zero columns).
@@ -181,10 +182,13 @@ def label_propagation(
     Returns
     -------
     Tensor or PropagationResult
-        Z, shaped like ``y``, in y's dtype and on its device (or a
-        :class:`PropagationResult`). Every solver works in float64 or y's dtype on
-        weights normalised in float64, so a float32 Z is the float64 answer to
-        float32 rounding.
+        Z, shaped like ``y``, on its device (or a :class:`PropagationResult`), in
+        ``torch.promote_types(y.dtype, graph weights' dtype)``: y's dtype on a float32
+        graph (LPOSS's), float64 on a float64 graph whatever y's dtype (a float32 Z
+        would lose rows whose scores are below float32's smallest number: 62 of
+        sklearn's digits example's 340). Every solver works in float64 or Z's dtype on
+        weights normalised in float64, so a float32 Z is the float64 answer to float32
+        rounding.
 
     Raises
     ------
@@ -195,7 +199,7 @@ def label_propagation(
     ValueError
         Naming the argument: shapes that do not match, negative weights, an empty
         graph, NaN/inf, a value out of range, an unknown solver, a non-symmetric W
-        for ``"cg"``, devices that differ, a solution that overflows y's dtype.
+        for ``"cg"``, devices that differ, a solution that overflows Z's dtype.
     """
     with torch.no_grad():
         return _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn)
@@ -228,20 +232,23 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
         raise ValueError(f"graph must be symmetric (W == W^T) for solver={solver!r}; "
                          "use graphprop.symmetrize(graph) (W + W^T) or solver='fixed_point'")
 
-    y2 = y.unsqueeze(1) if y.dim() == 1 else y
+    # Z's dtype: torch's promotion of y's and the weights' (float32 y on a float64 graph
+    # gives float64 Z: a float32 Z would erase rows below float32's smallest number)
+    dtype = result_dtype(graph, y)
+    y2 = (y.unsqueeze(1) if y.dim() == 1 else y).to(dtype)
     y2, exponent = _scale_columns(y2)
-    work = spec.dtype or y.dtype
+    work = spec.dtype or dtype
     operator = graph.propagation_operator(work, normalize=normalize)
     z, iters, resid = spec.solve(operator, y2.to(work), alpha, tol, max_iter)
     if spec.reports_unresolved_rows and warn is not False:
         _warn_unresolved_rows(z, resid * y2.norm(dim=0))
     z = _unscale_columns(z, exponent)
     _check_finite_solution(z, normalize)
-    if z.dtype != y.dtype:
-        _warn_underflowed_rows(z, y.dtype)
-        z = z.to(y.dtype)
+    if z.dtype != dtype:
+        _warn_underflowed_rows(z, dtype)
+        z = z.to(dtype)
         _check_finite_solution(z, normalize)
-    resid = resid.to(y.dtype)
+    resid = resid.to(dtype)
     converged = resid <= tol
     if warn and not bool(converged.all()):
         bad = int((~converged).sum())
@@ -259,6 +266,14 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
 
 
 # ------------------------------------------------------------ scale and checks
+def result_dtype(graph: PropagationGraph, y: Tensor) -> torch.dtype:
+    """The dtype of Z: ``torch.promote_types(y.dtype, weights' dtype)``, float32 or
+    float64 (float16/bfloat16 weights with float32 y give float32). A float64 graph
+    with float32 y gives float64, as ``y * W`` would in torch: the float64 answer kept,
+    not cast to float32 where rows of small scores would become 0."""
+    return torch.promote_types(y.dtype, graph.dtype)
+
+
 def _scale_columns(y: Tensor) -> tuple[Tensor, Tensor]:
     """Columns whose largest magnitude is outside [2^-40, 2^40] times the power of two
     that brings it into [1, 2); the others as they are. Exact, and every solver is

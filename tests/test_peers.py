@@ -64,16 +64,18 @@ def test_digits_default_call_gives_sklearns_labels(digits_case):
     assert (labels[40:] == target[40:]).mean() == pytest.approx((converged.transduction_[40:] == target[40:]).mean())
 
 
-def test_digits_float32_scores_are_the_float64_answer_cast(digits_case):
+def test_digits_float32_scores_give_sklearns_labels(digits_case):
+    """Z's dtype is y's promoted with the graph's: float32 scores on the float64 digits
+    graph give the float64 answer itself. Cast to float32 it would lose 62 rows below
+    float32's smallest number (all zero: 81.8% of sklearn's labels)."""
     _, _, _, graph, y, converged = digits_case
     z64 = gp.label_propagation(graph, y, alpha=0.2)
-    with pytest.warns(gp.ConvergenceWarning, match="rows of the solution are below the smallest torch.float32"):
-        z32 = gp.label_propagation(graph, y.float(), alpha=0.2)
-    assert z32.dtype == torch.float32 and torch.equal(z32, z64.float())
-    # every row float32 can hold gets sklearn's label
-    held = z32.abs().amax(1) > 0
-    assert bool(held.any())
-    assert (z32.argmax(1).numpy() == converged.transduction_)[held.numpy()].all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and says nothing
+        z32 = gp.label_propagation(graph, y.float(), alpha=0.2)  # the default call, float32 scores
+    assert z32.dtype == torch.float64 and torch.equal(z32, z64)
+    assert (z32.argmax(1).numpy() == converged.transduction_).mean() >= 0.99
+    assert (z64.float().argmax(1).numpy() == converged.transduction_).mean() < 0.99  # what a cast loses
 
 
 def test_digits_cg_warns_that_it_did_not_resolve_the_rows(digits_case):

@@ -295,7 +295,7 @@ def test_a_new_solver_is_one_table_entry(monkeypatch):
 
     monkeypatch.setitem(_propagation.SOLVER_TABLE, "neumann",
                         _propagation.SolverSpec(neumann, needs_symmetric=True, dtype=torch.float64))
-    graph = random_graph(4, 30)
+    graph = random_graph(4, 30, dtype=torch.float32)  # Z float32: the entry asks for float64 work
     y = torch.rand(30, 2)
     info = gp.label_propagation(graph, y, alpha=0.5, solver="neumann", max_iter=80, return_info=True)
     assert info.solver == "neumann" and seen["dtype"] == torch.float64 and info.z.dtype == torch.float32

@@ -108,14 +108,59 @@ def test_tiny_float64_weights_with_float32_scores(solver):
     torch.testing.assert_close(tiny, unit, rtol=1e-6, atol=1e-6)
 
 
-def test_float32_scores_are_the_float64_answer_cast():
+def test_float32_scores_on_a_float64_graph_give_the_float64_answer():
     gen = torch.Generator().manual_seed(3)
     w = torch.exp(-400 * torch.rand(50, 50, generator=gen, dtype=torch.float64))  # 1e-174 .. 1
     graph = gp.Graph.from_dense(w + w.T)
     y = (torch.rand(50, 3, generator=gen) < 0.1).to(torch.float64)
+    for solver in ("direct", "cg", "fixed_point"):
+        z64 = gp.label_propagation(graph, y, alpha=0.2, solver=solver, warn=False)
+        z32 = gp.label_propagation(graph, y.float(), alpha=0.2, solver=solver, warn=False)
+        assert z32.dtype == torch.float64 and torch.equal(z32, z64)
+
+
+def test_float32_scores_on_a_float32_graph_are_the_float64_answer_cast():
+    gen = torch.Generator().manual_seed(3)
+    w = torch.exp(-80 * torch.rand(50, 50, generator=gen))  # 1e-35 .. 1, float32
+    graph = gp.Graph.from_dense(w + w.T)
+    y = (torch.rand(50, 3, generator=gen) < 0.1).to(torch.float64)
     z64 = gp.label_propagation(graph, y, alpha=0.2, solver="direct")
     z32 = gp.label_propagation(graph, y.float(), alpha=0.2, solver="direct")
-    assert torch.equal(z32, z64.float())
+    assert z32.dtype == torch.float32 and torch.equal(z32, z64.float())
+
+
+@pytest.mark.parametrize("solver", ["cg", "fixed_point", "direct"])
+@pytest.mark.parametrize(("weights", "scores", "expected"), [
+    (torch.float32, torch.float32, torch.float32), (torch.float32, torch.float64, torch.float64),
+    (torch.float64, torch.float32, torch.float64), (torch.float64, torch.float64, torch.float64),
+])
+def test_z_dtype_is_the_promotion_of_y_and_the_weights(solver, weights, scores, expected):
+    graph = gp.symmetrize(random_directed(4, 12)).to(dtype=weights)
+    y = torch.rand(12, 2, generator=torch.Generator().manual_seed(0)).to(scores)
+    kw = {"alpha": 0.5, "solver": solver, "warn": False}
+    for form in (graph, graph.to_sparse_coo()):
+        info = gp.label_propagation(form, y, return_info=True, **kw)
+        assert info.z.dtype == expected and info.residual.dtype == expected
+        assert gp.label_propagation(form, y[:, 0], **kw).dtype == expected
+    grid = gp.grid_graph(torch.rand(3, 3, 4, dtype=weights), 1)
+    assert gp.label_propagation(grid, y, **kw).dtype == expected
+
+
+def test_rows_of_a_float64_solution_below_float32_warn_when_cast():
+    """``"direct"`` on a float32 graph with float32 y solves in float64, then casts: on a
+    120-node path labelled at one end the scores fall about 10x per node, so rows past
+    the 45th are below float32's smallest number and come out 0, with a warning."""
+    n = 120
+    i = torch.arange(n - 1)
+    graph = gp.Graph(torch.stack([torch.cat([i, i + 1]), torch.cat([i + 1, i])]), torch.ones(2 * (n - 1)), n)
+    y = torch.zeros(n, 1)
+    y[0] = 1
+    z64 = gp.label_propagation(graph, y.double(), alpha=0.2, solver="direct")
+    lost = int(((z64[:, 0] > 0) & (z64[:, 0].float() == 0)).sum())
+    assert lost > 0 and bool((z64[:, 0] > 0).all())
+    with pytest.warns(gp.ConvergenceWarning, match=f"{lost} of {n} rows .*below the smallest torch.float32"):
+        z32 = gp.label_propagation(graph, y, alpha=0.2, solver="direct")
+    assert z32.dtype == torch.float32 and torch.equal(z32, z64.float())
 
 
 # ----------------------------------------------- 3. exact, cached symmetry check
