@@ -402,10 +402,15 @@ def _solve_cg(
     ``rho / <p, A p>`` and directions ``beta = rho / rho_prev``; a column that meets
     ``||r_c|| <= tol * ||y_c||`` is frozen (its step becomes 0), so every column
     follows exactly its own CG. State arrays are padded with all-zero (frozen)
-    columns to the operator's preferred column multiple and updated in place."""
+    columns to the operator's preferred width (``padded_width(e)`` when it has one, else
+    E rounded up to ``column_multiple``) and updated in place."""
     n, e = y.shape
-    multiple = getattr(w_hat, "column_multiple", 1)
-    width = -(-e // multiple) * multiple
+    padded_width = getattr(w_hat, "padded_width", None)
+    if padded_width is not None:
+        width = max(e, int(padded_width(e)))
+    else:
+        multiple = getattr(w_hat, "column_multiple", 1)
+        width = -(-e // multiple) * multiple
     r = y.new_zeros(n, width)
     r[:, :e] = y
     if r.device.type == "cpu":  # no denormal operand in the products (slow on some CPUs)

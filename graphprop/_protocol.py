@@ -58,6 +58,11 @@ class GraphOperator(Protocol):
       ``q = p - alpha * (M @ p)`` and returns (E,) the column sums of ``p * q`` in
       one pass (the CG's step on ``A = I - alpha M``); ``p`` and ``q`` (N, E)
       contiguous, distinct. The CG uses it when present (found with ``getattr``).
+    - Optional: ``padded_width(e) -> int``, the block width (``>= e``) the operator
+      prefers for ``e`` columns, where that depends on ``e`` (the CSR product pads
+      46 float64 columns to 48, a whole number of vectors, but not 10 to 16). When
+      present, the CG allocates its state that wide instead of rounding ``e`` up to
+      :attr:`column_multiple`.
     """
 
     column_multiple: int

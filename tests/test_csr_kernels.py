@@ -118,3 +118,40 @@ def test_cached_operator_sees_in_place_edits():
     w = graph.to_dense().numpy()
     np.testing.assert_allclose(second.numpy(), np.linalg.solve(np.eye(50) - 0.5 * w.T, y.numpy()), rtol=1e-9)
     assert not np.allclose(second.numpy(), first.numpy())
+
+
+@pytest.mark.parametrize("dtype, widths", [
+    (torch.float64, {1: 1, 8: 8, 10: 10, 46: 48, 47: 48, 60: 64, 3: 3}),
+    (torch.float32, {10: 10, 16: 16, 46: 48, 120: 128, 100: 112, 20: 20}),
+])
+def test_padded_width_rounds_up_to_whole_vectors_only_when_cheap(dtype, widths):
+    indptr, indices, values, _ = random_csr(5, 20, 0.3)
+    op = ck.CsrOperator(indptr, indices, values, normalize=False, dtype=dtype)
+    assert {e: op.padded_width(e) for e in widths} == widths
+
+
+def test_cg_runs_46_columns_48_wide_with_the_same_answer(monkeypatch):
+    """The CG allocates its state ``padded_width(46) = 48`` columns wide (the product is
+    called on 48-column blocks), and the answer equals a dense solve and the unpadded CG."""
+    graph = gp.symmetrize(gp.Graph(torch.randint(0, 200, (2, 3000), generator=torch.Generator().manual_seed(3)),
+                                   torch.rand(3000, generator=torch.Generator().manual_seed(4),
+                                              dtype=torch.float64) * 0.02, 200))  # I - 0.9 W positive definite
+    y = torch.rand(200, 46, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    kw = {"alpha": 0.9, "solver": "cg", "tol": 1e-13, "max_iter": 300, "normalize": False}
+    widths = []
+    shifted_dot = ck.CsrOperator.shifted_dot
+
+    def spy(self, p, alpha, q):
+        widths.append(p.shape[1])
+        return shifted_dot(self, p, alpha, q)
+
+    monkeypatch.setattr(ck.CsrOperator, "shifted_dot", spy)
+    padded = gp.label_propagation(graph, y, **kw)
+    assert widths and set(widths) == {48} and padded.shape == (200, 46)
+    w = graph.to_dense().numpy()
+    np.testing.assert_allclose(padded.numpy(), np.linalg.solve(np.eye(200) - 0.9 * w.T, y.numpy()), rtol=1e-9)
+    monkeypatch.setattr(ck.CsrOperator, "padded_width", lambda self, e: e)
+    widths.clear()
+    plain = gp.label_propagation(graph, y, **kw)
+    assert set(widths) == {46}
+    np.testing.assert_allclose(padded.numpy(), plain.numpy(), rtol=1e-12, atol=1e-14)
