@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from graphprop._validation import check_positive_int
+
 
 def check_images(images: object, name: str = "images") -> torch.Tensor:
     """Validate a batch of images: a (B, 3, H, W) floating tensor with values in [0, 1].
@@ -173,9 +175,9 @@ def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
 
     Raises
     ------
+    TypeError
+        Not an integer (a float, a bool), naming the argument.
     ValueError
-        Otherwise, naming the argument.
+        Below 1, naming the argument.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{name} must be a positive integer, got {batch_size!r}")
-    return batch_size
+    return check_positive_int(name, batch_size)

@@ -144,10 +144,11 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
     ValueError
         If it is below ``minimum``.
     """
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return int(value)
 
 

@@ -31,6 +31,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from graphprop._validation import check_positive_int
+
 from .datasets import _IMAGE_SUFFIXES as IMAGE_SUFFIXES
 
 __all__ = [
@@ -311,8 +313,7 @@ def segment_paths(model, paths: Sequence[str | os.PathLike | ImageJob], classes:
     The inputs, the class list and ``out`` are checked before this returns (BatchInputError,
     ValueError: one line); the images are segmented as the iterator is consumed.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
     model_classes, names = class_lists(classes, background)

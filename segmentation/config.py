@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-from graphprop._validation import check_choice, check_range
+from graphprop._validation import check_choice, check_int, check_range
 
 from .preprocess import RESIZE_METHODS
 
@@ -44,9 +44,11 @@ class Integer:
         return "a positive integer" if self.minimum == 1 else f"an integer >= {self.minimum}"
 
     def check(self, name: str, value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not self.odd:
+            check_int(name, value, minimum=self.minimum)  # graphprop's one integer check
+        elif isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be {self.describe()}, got {type(value).__name__} {value!r}")
-        if value < self.minimum or (self.odd and value % 2 == 0):
+        elif value < self.minimum or value % 2 == 0:
             raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
 
 

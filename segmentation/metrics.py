@@ -17,13 +17,14 @@ import math
 import torch
 from torch import Tensor
 
+from graphprop._validation import check_positive_int
+
 __all__ = ["SegmentationMetrics", "boundary_iou_counts", "boundary_mask", "confusion_matrix"]
 
 
 # --------------------------------------------------------------------------- validation
 def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_positive_int("num_classes", num_classes)
 
 
 def _check_labels(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:

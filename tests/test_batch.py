@@ -196,7 +196,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(model, tree, tmp_path
     (tmp_path / "a-file").write_text("")
     with pytest.raises(BatchInputError, match="cannot write to --out"):
         segment_paths(model, [tree / "x.png"], CLASSES, out=tmp_path / "a-file" / "out")
-    with pytest.raises(ValueError, match="--batch-size"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         segment_paths(model, [tree / "x.png"], CLASSES, out=tmp_path / "out", batch_size=0)
     assert not (tree / "seg").exists() and not (tmp_path / "out").exists()
 

@@ -182,6 +182,8 @@ def test_missing_hooks_and_bad_settings_are_clear_errors():
         NoTower().encode_text(["road"])
     with pytest.raises(ValueError, match="text_batch_size must be a positive integer"):
         CharCLIP(templates=TEMPLATES, text_cache=False, text_batch_size=0)
+    with pytest.raises(TypeError, match="text_batch_size must be a positive integer, got float 8.0"):
+        CharCLIP(templates=TEMPLATES, text_cache=False, text_batch_size=8.0)
     with pytest.raises(ValueError, match="no '\\{\\}'"):
         CharCLIP(templates=["a photo"], text_cache=False)
     with pytest.raises(ValueError, match="prompts must be a non-empty list"):

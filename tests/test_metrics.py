@@ -436,8 +436,10 @@ def test_bad_inputs_raise_clear_errors():
     assert confusion_matrix(bad_pred, torch.where(bad_pred < 0, IGNORE, a), 3).sum() == 11
     with pytest.raises(TypeError, match="integer"):
         confusion_matrix(a.float(), a, 3)
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
         SegmentationMetrics(0)
+    with pytest.raises(TypeError, match="num_classes must be a positive integer, got float 2.5"):
+        SegmentationMetrics(2.5)
     with pytest.raises(ValueError, match="bool"):
         boundary_mask(a)
     with pytest.raises(ValueError, match="dilation_ratio"):

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from graphprop._validation import check_positive_int
+
 from ..classnames import read_class_list
 from ._common import CommandError, add_model_arguments, run_command, start_run
 
@@ -78,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    if args.limit is not None and args.limit < 1:
-        raise CommandError("--limit must be a positive integer")
+    if args.limit is not None:
+        try:
+            check_positive_int("--limit", args.limit)
+        except ValueError as bad:
+            raise CommandError(str(bad)) from None
     dataset = _dataset(args)
     classes = list(dataset.classes)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from graphprop._validation import check_positive_int
+
 from ..classnames import read_class_list
 from ..examples import DEFAULT_CLASSES, EXAMPLE_IMAGE
 from ._common import CommandError, add_model_arguments, run_command, start_run
@@ -90,8 +92,7 @@ def _segment(args: argparse.Namespace) -> int:
         classes = _class_list(args)
         model_classes, names = batch.class_lists(classes, args.background)
         jobs = batch.find_images(args.images or [EXAMPLE_IMAGE], glob=args.glob, out=args.out)
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        check_positive_int("--batch-size", args.batch_size)
         if args.coco_json:
             _mask_api()
     except (ValueError, TypeError, ImportError) as bad:
