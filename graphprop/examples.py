@@ -50,7 +50,7 @@ def two_moons_demo(n: int = 600, k: int = 10, alpha: float = 0.99, seed: int = 0
     print(f"  graph: {k}-NN (exact, L2), Gaussian weights, symmetrised: {graph.num_edges} edges")
     print(f"  labels: 1 known point per moon, {int(unlabelled.sum())} unknown")
     print(
-        f"  label_propagation(alpha={alpha}, solver='cg'): "
+        f"  label_propagation(alpha={alpha}, solver={info.solver!r}): "
         f"{info.iterations.tolist()} iterations per class, converged={info.converged.tolist()}"
     )
     print(f"  accuracy on the unlabelled points: {accuracy:.1%}  ({elapsed * 1000:.0f} ms)")

@@ -69,6 +69,8 @@ def test_graph_example_recovers_the_moons(capsys):
     assert cli.main(["graph-example"]) == 0
     out = capsys.readouterr().out
     assert "accuracy on the unlabelled points: 100.0%" in out
+    # the report names the solver "auto" chose (600 nodes: the exact dense solve, 0 iterations)
+    assert "label_propagation(alpha=0.99, solver='direct'): [0, 0] iterations per class" in out
 
 
 def test_graph_example_bad_input_is_one_line_and_nonzero(capsys):
