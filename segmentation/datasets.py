@@ -78,9 +78,15 @@ class DatasetInfo:
         return len(self.classes)
 
 
+# Keys of the protocol file that record a fact but configure nothing: ``background`` says whether
+# class 0 is a background scored by its synonyms, which ``classes`` already spells out.
+_RECORD_ONLY_KEYS = frozenset({"background"})
+
+
 def _load_registry() -> dict[str, DatasetInfo]:
     raw = json.loads((Path(__file__).parent / "data" / "datasets.json").read_text(encoding="utf-8"))
-    return {name: DatasetInfo(name=name, **{**spec, "classes": tuple(spec["classes"])})
+    return {name: DatasetInfo(name=name, **{key: (tuple(value) if key == "classes" else value)
+                                            for key, value in spec.items() if key not in _RECORD_ONLY_KEYS})
             for name, spec in raw.items() if not name.startswith("_")}
 
 

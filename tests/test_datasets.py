@@ -37,6 +37,19 @@ def test_the_registry_is_the_published_protocol():
         assert shipped == json.loads(SHARED.read_text())
 
 
+def test_the_background_flag_of_the_protocol_file_matches_its_class_lists():
+    """``background`` is kept in the shipped file as the protocol records it; it must say what the
+    class lists say: class 0 is a background (its synonyms, or the word itself) exactly where it is set."""
+    shipped_path = Path(__file__).resolve().parents[1] / "segmentation" / "data" / "datasets.json"
+    raw = {name: spec for name, spec in json.loads(shipped_path.read_text()).items() if not name.startswith("_")}
+    flagged = {name for name, spec in raw.items() if spec["background"]}
+    assert flagged == {"voc", "context60", "coco_object"}
+    for name, spec in raw.items():
+        first = spec["classes"][0].split(";")
+        assert (first[0] in ("sky", "background")) == spec["background"], name
+        assert DATASETS[name].classes == tuple(spec["classes"])
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_each_reader_on_its_exact_layout(tmp_path, name):
     """The generator writes the raw files; the reader's labels follow the dataset's convention,
