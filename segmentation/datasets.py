@@ -85,9 +85,13 @@ _RECORD_ONLY_KEYS = frozenset({"background"})
 
 def _load_registry() -> dict[str, DatasetInfo]:
     raw = json.loads((Path(__file__).parent / "data" / "datasets.json").read_text(encoding="utf-8"))
-    return {name: DatasetInfo(name=name, **{key: (tuple(value) if key == "classes" else value)
-                                            for key, value in spec.items() if key not in _RECORD_ONLY_KEYS})
-            for name, spec in raw.items() if not name.startswith("_")}
+    registry = {}
+    for name, spec in raw.items():
+        if name.startswith("_"):
+            continue
+        fields: dict[str, Any] = {key: value for key, value in spec.items() if key not in _RECORD_ONLY_KEYS}
+        registry[name] = DatasetInfo(name=name, **{**fields, "classes": tuple(fields["classes"])})
+    return registry
 
 
 DATASETS: dict[str, DatasetInfo] = _load_registry()
