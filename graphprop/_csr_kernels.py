@@ -21,6 +21,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from torch import Tensor
 
+from ._simd import LANES, MAX_VECTORS, gather_row, scratch, store, store_shifted, zero
+
 # Any values: numba's njit overloads type each option separately, not a dict of them
 _PARALLEL: dict[str, Any] = {"parallel": True, "cache": True, "boundscheck": False}
 _SERIAL: dict[str, Any] = {"cache": True, "boundscheck": False}
@@ -207,6 +209,9 @@ def count_rows_below(z, bound):  # pragma: no cover - compiled
     return count
 
 
+_GATHER_1, _GATHER_2, _GATHER_3 = (gather_row(v) for v in (1, 2, 3))
+assert MAX_VECTORS == 3
+
 _ROWS = 256  # rows per task of the product: one accumulator per task
 # How far ahead, in matrix entries (about 1.5 rows of the 1M-node benchmark graph), the
 # product prefetches the row of z it will gather: the gathers are random, so the
@@ -290,11 +295,57 @@ def _product(indptr, indices, values, z, out, dots, alpha, fused, prefetch):  # 
                     out[i, e] = acc[e]
 
 
+@numba.njit(inline="always", cache=True)
+def _gather(acc, values, indices, a, b, z, z0, e, ahead, nv):  # pragma: no cover - compiled
+    """acc[:nv] += sum over k in [a, b) of values[k] * z.flat[indices[k] * e + z0 + c * LANES:][:LANES]."""
+    if nv == 3:
+        _GATHER_3(acc, values, indices, a, b, z, z0, e, ahead)
+    elif nv == 2:
+        _GATHER_2(acc, values, indices, a, b, z, z0, e, ahead)
+    else:
+        _GATHER_1(acc, values, indices, a, b, z, z0, e, ahead)
+
+
+@numba.njit(**_PARALLEL)
+def _product_blocked(indptr, indices, values, z, out, dots, alpha, fused, ahead):  # pragma: no cover - compiled
+    """:func:`_product` for ``z`` whose width E is a multiple of LANES (16), E / LANES
+    vectors, with the explicit SIMD of :mod:`._simd`: each row's accumulators stay in
+    registers, by blocks of up to MAX_VECTORS vectors (one pass over the row's entries
+    per block). ``ahead > 0``: prefetch the z rows gathered ``ahead`` entries later."""
+    n = indptr.shape[0] - 1
+    e_cols = z.shape[1]
+    vectors = e_cols // LANES
+    tasks = (n + _ROWS - 1) // _ROWS
+    for t in numba.prange(tasks):
+        acc = scratch(out)
+        for i in range(t * _ROWS, min(n, (t + 1) * _ROWS)):
+            a, b = indptr[i], indptr[i + 1]
+            for c0 in range(0, vectors, MAX_VECTORS):
+                nv = min(MAX_VECTORS, vectors - c0)
+                zero(acc, nv)
+                _gather(acc, values, indices, a, b, z, c0 * LANES, e_cols, ahead, nv)
+                for c in range(nv):
+                    at = i * e_cols + (c0 + c) * LANES
+                    if fused:
+                        store_shifted(acc, c * LANES, z, out, at, alpha, dots, t * e_cols + (c0 + c) * LANES)
+                    else:
+                        store(acc, c * LANES, out, at)
+
+
+def _run_product(indptr, indices, values, z, out, dots, alpha, fused) -> None:
+    """The product on the blocked SIMD kernel where E is a multiple of LANES (prefetching
+    always), else on the plain one (prefetching where z is larger than the L2 caches)."""
+    if z.shape[1] % LANES == 0 and z.shape[1] > 0:
+        _product_blocked(indptr, indices, values, z, out, dots, alpha, fused, _PREFETCH_AHEAD)
+    else:
+        _product(indptr, indices, values, z, out, dots, alpha, fused, z.nbytes >= _PREFETCH_MIN_BYTES)
+
+
 def spmm(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, z: np.ndarray, out: np.ndarray) -> None:
     """``out[i, :] = sum_k values[k] * z[indices[k], :]`` over row i's entries, for
-    all the columns of ``z`` (N, E) in one pass over the matrix."""
-    _product(indptr, indices, values, z, out, np.zeros((1, 1), dtype=out.dtype), 0.0, False,
-             z.nbytes >= _PREFETCH_MIN_BYTES)
+    all the columns of ``z`` (N, E) in one pass over the matrix; ``z`` and ``out``
+    C-contiguous, of ``values``' dtype."""
+    _run_product(indptr, indices, values, z, out, np.zeros((1, 1), dtype=out.dtype), 0.0, False)
 
 
 def shifted_spmm_dot(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, alpha: float,
@@ -303,7 +354,7 @@ def shifted_spmm_dot(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray
     same single pass over the matrix (sums by tasks of _ROWS rows, in z's dtype)."""
     n = indptr.shape[0] - 1
     dots = np.zeros(((n + _ROWS - 1) // _ROWS, z.shape[1]), dtype=out.dtype)
-    _product(indptr, indices, values, z, out, dots, alpha, True, z.nbytes >= _PREFETCH_MIN_BYTES)
+    _run_product(indptr, indices, values, z, out, dots, alpha, True)
     return dots.sum(0)
 
 
@@ -326,16 +377,19 @@ class CsrOperator:
     column_multiple = 1  # any width is read as it is; padded_width says which widths are faster
 
     def padded_width(self, e: int) -> int:
-        """The width to give ``e`` columns: ``e`` rounded up to whole 64-byte vectors
-        (8 float64 / 16 float32 columns) where that adds at most an eighth, else ``e``.
+        """The width to give ``e`` columns: ``e`` rounded up to a multiple of 16 (the
+        register-blocked kernel) where that adds at most an eighth, else to whole 64-byte
+        vectors (8 float64 / 16 float32 columns) where that does, else ``e``.
 
-        Measured on the patch graph (AMD EPYC, ``benchmarks/README.md``): 48 float64
-        columns take 7.8 ms a product, 46 take 9.7 ms (the 6-column tail runs
-        scalar); but padding 10 columns to 16 made the 1M-node product 2x slower.
+        Measured on the patch graph (AMD EPYC, ``benchmarks/README.md``): 46 float64
+        columns take 9.7 ms a product on the plain kernel, 48 take 7.8 ms there and 4-5 ms
+        on the blocked one; but padding 10 columns to 16 made the 1M-node product 2x slower.
         """
-        lanes = 64 // self.values.itemsize
-        width = -(-e // lanes) * lanes
-        return width if 8 * (width - e) <= e else e
+        for multiple in (LANES, 64 // self.values.itemsize):
+            width = -(-e // multiple) * multiple
+            if 8 * (width - e) <= e:
+                return width
+        return e
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, *,
                  normalize: bool, dtype: torch.dtype) -> None:

@@ -145,7 +145,7 @@ def _knn_torch(x: Tensor, q: Tensor, k: int, metric: str, ordered: bool = True,
     product = _numpy_product if _use_numpy_blas(x, q) else _torch_product
     for start in range(0, m, block):
         qb = q[start : start + block]
-        scores = product(qb, x)  # (block, N)
+        scores = product(qb, x, gram=q is x and block == m)  # (block, N)
         if sq_x is not None:
             # ||q - x||^2 = ||q||^2 - 2 q.x + ||x||^2, ranked by the negated distance
             scores.mul_(2).sub_(sq_x).sub_((qb * qb).sum(1, keepdim=True))
@@ -169,12 +169,15 @@ def _compiled_selection(scores: Tensor) -> bool:
     return _compiled_symmetrize(scores)
 
 
-def _torch_product(qb: Tensor, x: Tensor) -> Tensor:
+def _torch_product(qb: Tensor, x: Tensor, gram: bool = False) -> Tensor:
     return qb @ x.T
 
 
-def _numpy_product(qb: Tensor, x: Tensor) -> Tensor:
-    return torch.from_numpy(qb.numpy() @ x.numpy().T)
+def _numpy_product(qb: Tensor, x: Tensor, gram: bool = False) -> Tensor:
+    """``qb @ x.T`` by :func:`graphprop._blas.inner_products` (``gram``: ``qb`` is ``x``)."""
+    from ._blas import inner_products
+
+    return torch.from_numpy(inner_products(qb.numpy(), x.numpy(), gram=gram))
 
 
 def _use_numpy_blas(x: Tensor, q: Tensor) -> bool:

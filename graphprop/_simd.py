@@ -149,3 +149,72 @@ def store_shifted(typingctx, acc, ai, z, q, zi, alpha, dots, di):  # pragma: no 
         return context.get_dummy_value()
 
     return types.none(acc, ai, z, q, zi, alpha, dots, di), codegen
+
+
+def _prefetch_lines(builder, data, index, lines: int, itemsize: int) -> None:
+    """Prefetch, for reading into all cache levels, ``lines`` cache lines (64 B) from
+    element ``index`` of ``data`` (``llvm.prefetch``: a hint, it never faults)."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                        "llvm.prefetch.p0i8")
+    for line in range(lines):
+        at = builder.gep(data, [builder.add(index, ir.Constant(_I64, line * 64 // itemsize))])
+        builder.call(fn, [builder.bitcast(at, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+
+
+def _wide(builder, index):
+    """A signed index as 64 bits."""
+    return builder.sext(index, _I64) if index.type.width < 64 else index
+
+
+def gather_row(vectors: int):
+    """The intrinsic ``row(acc, values, indices, a, b, z, z0, e, ahead)`` of the CSR product:
+    for ``a <= k < b`` and every ``c < vectors``::
+
+        acc[c] += values[k] * z.flat[indices[k] * e + z0 + c * LANES :][:LANES]
+
+    with the ``vectors`` accumulators in registers for the whole row (loaded from and stored
+    back to ``acc``). ``ahead > 0``: also prefetch the vectors that entry ``k + ahead`` will
+    gather (where ``k + ahead < len(indices)``); the gathers are random, so the hardware
+    prefetcher cannot see them coming."""
+
+    @intrinsic
+    def row(typingctx, acc, values, indices, a, b, z, z0, e, ahead):  # pragma: no cover - compiled
+        def codegen(context, builder, sig, args):
+            pacc, varr, iarr, av, bv, zarr, z0v, ev, aheadv = (
+                context.cast(builder, value, ty, types.intp) if isinstance(ty, types.Integer) else value
+                for value, ty in zip(args, sig.args, strict=True))
+            vt = _vector(context, acc.dtype)
+            fma = _fma(builder, vt)
+            vdata, idata = _data(context, builder, values, varr), _data(context, builder, indices, iarr)
+            zdata = _data(context, builder, z, zarr)
+            nnz = cgutils.unpack_tuple(builder, context.make_array(indices)(context, builder, iarr).shape, 1)[0]
+            itemsize = context.get_abi_sizeof(context.get_value_type(z.dtype))
+            lines = -(-vectors * LANES * itemsize // 64)
+            slots = [cgutils.alloca_once(builder, vt) for _ in range(vectors)]
+            home = [_at(builder, pacc, ir.Constant(_I64, c * LANES), vt) for c in range(vectors)]
+            for c in range(vectors):
+                builder.store(builder.load(home[c], align=4), slots[c])
+            with cgutils.for_range(builder, builder.sub(bv, av)) as loop:
+                k = builder.add(av, loop.index)
+                later = builder.add(k, aheadv)
+                wanted = builder.and_(builder.icmp_signed(">", aheadv, ir.Constant(_I64, 0)),
+                                      builder.icmp_signed("<", later, nnz))
+                with builder.if_then(wanted):
+                    j_later = _wide(builder, builder.load(builder.gep(idata, [later])))
+                    _prefetch_lines(builder, zdata, builder.add(builder.mul(j_later, ev), z0v), lines, itemsize)
+                weight = builder.load(builder.gep(vdata, [k]))
+                wv = _splat(builder, vt, context.cast(builder, weight, values.dtype, acc.dtype))
+                j = _wide(builder, builder.load(builder.gep(idata, [k])))
+                zbase = builder.add(builder.mul(j, ev), z0v)
+                for c in range(vectors):
+                    zz = builder.load(_at(builder, zdata, builder.add(zbase, ir.Constant(_I64, c * LANES)), vt),
+                                      align=4)
+                    builder.store(builder.call(fma, [zz, wv, builder.load(slots[c])]), slots[c])
+            for c in range(vectors):
+                builder.store(builder.load(slots[c]), home[c], align=4)
+            return context.get_dummy_value()
+
+        return types.none(acc, values, indices, a, b, z, z0, e, ahead), codegen
+
+    return row

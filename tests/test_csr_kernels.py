@@ -28,8 +28,13 @@ def random_csr(seed: int, n: int, density: float, dtype=np.float64):
     return indptr, indices, values, dense
 
 
+# widths of the plain kernel, and multiples of 16 for the register-blocked one (blocks of up to
+# three vectors: 64 and 80 take two passes over each row)
+WIDTHS = st.integers(1, 19) | st.sampled_from([16, 32, 48, 64, 80])
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 70), st.floats(0.0, 0.6), st.integers(1, 19),
+@given(st.integers(0, 10_000), st.integers(1, 70), st.floats(0.0, 0.6), WIDTHS,
        st.sampled_from([np.float32, np.float64]))
 def test_product_equals_the_dense_product(seed, n, density, columns, dtype):
     indptr, indices, values, dense = random_csr(seed, n, density, dtype)
@@ -42,7 +47,7 @@ def test_product_equals_the_dense_product(seed, n, density, columns, dtype):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 70), st.floats(0.0, 0.6), st.integers(1, 19),
+@given(st.integers(0, 10_000), st.integers(1, 70), st.floats(0.0, 0.6), WIDTHS,
        st.sampled_from([np.float32, np.float64]), st.floats(0.01, 0.99))
 def test_fused_step_equals_shift_and_dot(seed, n, density, columns, dtype, alpha):
     indptr, indices, values, dense = random_csr(seed, n, density, dtype)
@@ -57,13 +62,15 @@ def test_fused_step_equals_shift_and_dot(seed, n, density, columns, dtype, alpha
     np.testing.assert_allclose(dots, (p64 * expected_q).sum(0), rtol=rtol * 10, atol=rtol * n * n)
 
 
-@pytest.mark.parametrize("n", [3000, 120_000])  # z of 120 kB, and past _PREFETCH_MIN_BYTES: prefetched
-def test_many_rows_and_tasks(n):
+@pytest.mark.parametrize("n, columns", [(3000, 10), (120_000, 10), (3000, 48), (3000, 64)])
+def test_many_rows_and_tasks(n, columns):
     """More rows than one task (256) and entries than the prefetch distance, empty rows
-    included: a random matrix plus a band, 10 columns, against scipy."""
+    included: a random matrix plus a band, against scipy. 10 columns: the plain kernel,
+    z of 120 kB, and past _PREFETCH_MIN_BYTES (prefetched); 48 and 64: the blocked one
+    (always prefetched, up to the last entry)."""
     import scipy.sparse as sp
 
-    assert (n * 10 * 4 >= ck._PREFETCH_MIN_BYTES) == (n > 100_000)
+    assert (n * columns * 4 >= ck._PREFETCH_MIN_BYTES) == (n > 100_000)
     rng = np.random.default_rng(0)
     r, c = rng.integers(0, n, (2, 12 * n))
     m = sp.csr_matrix((rng.random(12 * n, dtype=np.float32), (r, c)), shape=(n, n))
@@ -72,7 +79,7 @@ def test_many_rows_and_tasks(n):
     m = sp.csr_matrix(sp.diags(keep) @ (m + sp.eye(n, k=7, dtype=np.float32)))
     m.eliminate_zeros()
     m.sort_indices()
-    z = np.random.default_rng(0).random((n, 10), dtype=np.float32)
+    z = np.random.default_rng(0).random((n, columns), dtype=np.float32)
     out = np.empty_like(z)
     ck.spmm(m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data, z, out)
     np.testing.assert_allclose(out, m @ z, rtol=1e-5, atol=1e-6)
@@ -121,7 +128,7 @@ def test_cached_operator_sees_in_place_edits():
 
 
 @pytest.mark.parametrize("dtype, widths", [
-    (torch.float64, {1: 1, 8: 8, 10: 10, 46: 48, 47: 48, 60: 64, 3: 3}),
+    (torch.float64, {1: 1, 8: 8, 10: 10, 46: 48, 47: 48, 60: 64, 3: 3, 40: 40, 50: 56}),
     (torch.float32, {10: 10, 16: 16, 46: 48, 120: 128, 100: 112, 20: 20}),
 ])
 def test_padded_width_rounds_up_to_whole_vectors_only_when_cheap(dtype, widths):
