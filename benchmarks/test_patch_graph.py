@@ -59,32 +59,42 @@ def test_patch_graph_and_solve(benchmark, workload, impl):
         assert rel < 1e-6
 
 
-BREAKDOWN = ["similarity", "torch_topk", "selection", "weights", "w_hat", "solve"]
+BREAKDOWN = ["similarity", "numpy_similarity", "selection", "torch_topk", "w_hat", "w_hat_from_lists", "product",
+             "solve"]
 
 
 @pytest.mark.parametrize("part", BREAKDOWN)
 def test_patch_stage_breakdown(benchmark, workload, part):
-    """The parts of ``patch_propagation`` on the CPU: the (N, N) inner products (numpy BLAS),
-    the unordered top-k by the numba partial selection (and torch.topk, which it replaces),
-    the LPOSS weights, W_hat straight from the kNN lists, the 46-column float64 CG."""
-    from graphprop._knn import _normalized_symmetric_graph
+    """The parts of ``patch_propagation`` on the CPU, each beside what it replaces: the (N, N)
+    inner products as mirrored tiles of single-threaded BLAS calls (numpy's threaded call),
+    the unordered top-k by the numba partial selection (torch.topk), W_hat with its weights
+    straight from the similarity matrix (the weights of the kNN lists, then W_hat from the
+    lists: the path beyond 4,096 nodes), one 48-column float64 product ``q = p - alpha P p``
+    of the CG, and the whole 46-column float64 CG."""
+    from graphprop._blas import inner_products
+    from graphprop._knn import _normalized_symmetric_graph, _symmetric_csr_graph
     from graphprop._knn_kernels import select_topk
-    from segmentation._patch_kernels import patch_weights
+    from segmentation._patch_kernels import normalized_patch_graph, patch_weights
     from segmentation.stages import _solver_graph
 
     features, scores, centres = workload
-    x = features.numpy()
-    sims = x @ x.T
+    x, where = features.numpy(), centres.numpy()
+    sims = inner_products(x, x, gram=True)
     values, indices = select_topk(sims, 400)
-    weights = patch_weights(values, indices, centres.numpy(), 3.0, 0.01, 1.0)
+
+    def from_lists():
+        weights = patch_weights(values, indices, where, 3.0, 0.01, 1.0)
+        return _normalized_symmetric_graph(torch.from_numpy(indices), torch.from_numpy(weights))
+
     runs = {
-        "similarity": (lambda: x @ x.T, ()),
-        "torch_topk": (torch.from_numpy(sims).topk, (400,), {"dim": 1, "sorted": False}),
+        "similarity": (lambda: inner_products(x, x, gram=True), ()),
+        "numpy_similarity": (lambda: x @ x.T, ()),
         "selection": (select_topk, (sims, 400)),
-        "weights": (patch_weights, (values, indices, centres.numpy(), 3.0, 0.01, 1.0)),
-        "w_hat": (_normalized_symmetric_graph, (torch.from_numpy(indices), torch.from_numpy(weights))),
+        "torch_topk": (torch.from_numpy(sims).topk, (400,), {"dim": 1, "sorted": False}),
+        "w_hat": (lambda: _symmetric_csr_graph(*normalized_patch_graph(sims, indices, where, 3.0, 0.01, 1.0)), ()),
+        "w_hat_from_lists": (from_lists, ()),
     }
-    if part == "solve":
+    if part in ("product", "solve"):
         w_hat = _solver_graph(features, centres, k=400, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
         y = scores.double()
 
@@ -92,6 +102,15 @@ def test_patch_stage_breakdown(benchmark, workload, part):
             return gp.label_propagation(w_hat, y, alpha=ALPHA, tol=TOL, max_iter=MAX_ITER, solver="cg",
                                         normalize=False, warn=False)
 
+        if part == "product":
+            from graphprop._csr_kernels import CsrOperator
+
+            operator = CsrOperator(*w_hat._receiver_csr(), normalize=False, dtype=torch.float64)
+            p = torch.rand(len(y), operator.padded_width(y.shape[1]), dtype=torch.float64)
+            q = torch.empty_like(p)
+            benchmark.extra_info["multiply_adds"] = int(operator.indices.shape[0]) * p.shape[1]
+            benchmark.pedantic(operator.shifted_dot, args=(p, ALPHA, q), rounds=20, iterations=1, warmup_rounds=2)
+            return
         benchmark.pedantic(solve, rounds=5, iterations=1, warmup_rounds=1)
         return
     fn, args, *kwargs = runs[part]

@@ -96,8 +96,7 @@ def inner_products(q: np.ndarray, x: np.ndarray, *, gram: bool = False) -> np.nd
         if rows_a == rows_b:
             out[a0:a1, a0:a1] = _mirrored(x[a0:a1] @ x[a0:a1].T)
         else:
-            block = x[a0:a1] @ x[b0:b1].T
-            out[a0:a1, b0:b1] = block
+            block = np.matmul(x[a0:a1], x[b0:b1].T, out=out[a0:a1, b0:b1])  # BLAS writes in place
             out[b0:b1, a0:a1] = block.T
 
     with controller.limit(limits=1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -300,7 +301,6 @@ def _normalized_symmetric_graph(indices: Tensor, weights: Tensor) -> Graph:
     """
     from ._knn_kernels import normalized_symmetric_knn
 
-    n = indices.size(0)
     check_tensor("weights", weights, dims=("N", "k"), floating=True)
     if indices.shape != weights.shape:
         raise ValueError(f"indices and weights must have one shape, got {tuple(indices.shape)} "
@@ -311,10 +311,15 @@ def _normalized_symmetric_graph(indices: Tensor, weights: Tensor) -> Graph:
     if indices.size(1) > 1 and not bool((indices[:, 1:] >= indices[:, :-1]).all()):
         indices, order = indices.sort(dim=1)
         weights = weights.gather(1, order)
-    indptr, columns, values, edges = normalized_symmetric_knn(indices.contiguous().numpy(),
-                                                              weights.contiguous().numpy())
-    graph = Graph(torch.from_numpy(edges), torch.from_numpy(values), n)
-    # W_hat == W_hat^T: its receiver CSR (that of W_hat^T) is its own CSR
+    return _symmetric_csr_graph(*normalized_symmetric_knn(indices.contiguous().numpy(), weights.contiguous().numpy()))
+
+
+def _symmetric_csr_graph(indptr: np.ndarray, columns: np.ndarray, values: np.ndarray,
+                         edge_index: np.ndarray) -> Graph:
+    """The :class:`Graph` of a symmetric matrix given as its canonical CSR, (N+1,) int64,
+    (E,) int32, (E,) floating, and its (2, E) int64 edges: it carries its symmetry (no exact
+    check in the solver) and its receiver CSR (that of its transpose, its own)."""
+    graph = Graph(torch.from_numpy(edge_index), torch.from_numpy(values), indptr.shape[0] - 1)
     return graph._known(symmetric=True, receiver_csr=(indptr, columns, values))
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 import graphprop as gp
 from graphprop._stencil import numba_available
+from graphprop._validation import check_tensor
 
 from .color import LAB_SCALE, rgb_to_lab
 from .config import LPOSS_CONSTRAINTS, PATCH_GRAPH_CONSTRAINTS, PropagationSettings, check_settings
@@ -135,15 +136,28 @@ def _solve(graph: gp.Graph | gp.GridGraph, y: Tensor, settings: PropagationSetti
                                 solver="cg", normalize=normalize, warn=False)
 
 
+# Up to this many similarities (N^2; 64 MiB of float32) the CPU patch graph is built from the
+# whole (N, N) matrix at once; beyond, from the kNN lists searched in blocks.
+_DENSE_SIMILARITIES = 1 << 24
+
+
 def _solver_graph(features: Tensor, centers: Tensor, *, k: int, gamma: float, sigma: float,
                   pix_dist_pow: float) -> gp.Graph:
     """The float64 ``W_hat`` the solver reads: ``_normalized(patch_graph(...))``.
 
-    On the CPU (numba) in compiled passes instead: the kNN lists unordered (partial
-    selection), the weights, then ``W + W^T`` normalised straight from the lists, with no
-    edge list of W, no sort and no symmetry check (symmetric by construction), zero entries
-    dropped; the same numbers to float rounding (the weights' pow and exp are float32
-    ``powf``/``expf`` rather than torch's).
+    On the CPU (numba) in compiled passes instead, the same numbers to float rounding (the
+    weights' pow and exp are float32 ``powf``/``expf`` rather than torch's):
+
+    - up to ``_DENSE_SIMILARITIES`` similarities (N <= 4,096): the (N, N) inner products as
+      an exactly symmetric Gram matrix (:func:`graphprop._blas.inner_products`), each row's
+      top k by partial selection, then ``W + W^T`` normalised straight from the matrix, one
+      pass per row over the union of its neighbours and the nodes that have it as theirs
+      (:func:`segmentation._patch_kernels.normalized_patch_graph`);
+    - beyond: the kNN lists searched in blocks, the weights of the lists, then ``W + W^T``
+      normalised from the lists (``graphprop._knn._normalized_symmetric_graph``).
+
+    Neither builds an edge list of W, sorts, or checks symmetry (symmetric by construction);
+    zero entries are dropped.
 
     Parameters
     ----------
@@ -158,15 +172,25 @@ def _solver_graph(features: Tensor, centers: Tensor, *, k: int, gamma: float, si
     """
     if features.device.type != "cpu" or not numba_available():
         return _normalized(patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow))
-    from graphprop._knn import _normalized_symmetric_graph, _search
+    from graphprop._knn import _normalized_symmetric_graph, _search, _symmetric_csr_graph
 
-    from ._patch_kernels import patch_weights
+    from ._patch_kernels import normalized_patch_graph, patch_weights
 
-    features = features.detach().float()
-    values, indices = _search(features, min(k, features.shape[0]), None, "ip", "auto", ordered=False,
-                              selection=True)
-    where = centers.detach().to("cpu", torch.float32).contiguous()
-    weights = patch_weights(values.numpy(), indices.numpy(), where.numpy(), gamma, sigma, pix_dist_pow)
+    features = check_tensor("features", features.detach().float(), dims=("N", "D"), floating=True, finite=True,
+                            nonempty=True).contiguous()
+    n = features.shape[0]
+    k = min(k, n)
+    where = centers.detach().to("cpu", torch.float32).contiguous().numpy()
+    if n * n <= _DENSE_SIMILARITIES:
+        from graphprop._blas import inner_products
+        from graphprop._knn_kernels import select_topk
+
+        x = features.numpy()
+        sims = inner_products(x, x, gram=True)
+        _, neighbours = select_topk(sims, k)
+        return _symmetric_csr_graph(*normalized_patch_graph(sims, neighbours, where, gamma, sigma, pix_dist_pow))
+    values, indices = _search(features, k, None, "ip", "auto", ordered=False, selection=True)
+    weights = patch_weights(values.numpy(), indices.numpy(), where, gamma, sigma, pix_dist_pow)
     return _normalized_symmetric_graph(indices, torch.from_numpy(weights))
 
 

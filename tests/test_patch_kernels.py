@@ -1,5 +1,6 @@
 """The compiled patch-stage path (CPU, numba): the LPOSS weights and the solver's W_hat built
-straight from the kNN lists, against the torch / general graphprop construction."""
+straight from the similarity matrix (up to 4,096 nodes) or from the kNN lists (beyond), against
+the torch / general graphprop construction."""
 
 from __future__ import annotations
 
@@ -43,13 +44,27 @@ def test_patch_weights_equal_the_formula(gamma, sigma, pix_dist_pow):
     assert (torch_w == 0).any() and (w == 0).any()  # negative similarities clamped
 
 
-@pytest.mark.parametrize("k, gamma, sigma, pix_dist_pow", SETTINGS)
-def test_solver_graph_equals_the_general_construction(k, gamma, sigma, pix_dist_pow):
-    """The compiled W_hat has the edges of _normalized(patch_graph(...)) without its zero
-    entries and the same values to float32 rounding of the weights, is marked symmetric, and
+@pytest.fixture(params=["dense", "lists"])
+def path(request, monkeypatch):
+    """The CPU path of stages._solver_graph: from the whole similarity matrix, or from the kNN
+    lists searched in blocks (as beyond _DENSE_SIMILARITIES)."""
+    if request.param == "lists":
+        monkeypatch.setattr(stages, "_DENSE_SIMILARITIES", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("k, gamma, sigma, pix_dist_pow", SETTINGS + [(300, 3.0, 0.01, 1.0)])
+def test_solver_graph_equals_the_general_construction(k, gamma, sigma, pix_dist_pow, path):
+    """The compiled W_hat, on either path, has the edges of _normalized(patch_graph(...))
+    without its zero entries (k = N reaches the negative similarities: zero weights) and the
+    same values to float32 rounding of the weights, is marked symmetric, holds its CSR, and
     the published-settings graph differs from the others (every setting is used)."""
     features, centers = _inputs(seed=1)
     fast = stages._solver_graph(features, centers, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow)
+    indptr, columns, values = fast._receiver_csr()
+    np.testing.assert_array_equal(np.repeat(np.arange(300), np.diff(indptr)), fast.edge_index[0].numpy())
+    np.testing.assert_array_equal(columns, fast.edge_index[1].numpy())
+    np.testing.assert_array_equal(values, fast.edge_weight.numpy())
     general = stages._normalized(stages.patch_graph(features, centers, k=k, gamma=gamma, sigma=sigma,
                                                   pix_dist_pow=pix_dist_pow))
     keep = general.edge_weight != 0
@@ -61,7 +76,22 @@ def test_solver_graph_equals_the_general_construction(k, gamma, sigma, pix_dist_
         assert not (published.num_edges == fast.num_edges and torch.equal(published.edge_weight, fast.edge_weight))
 
 
-def test_solver_graph_with_duplicate_patches_and_k_capped():
+@pytest.mark.parametrize("k", [7, 25])
+def test_solver_graph_paths_agree_bit_for_bit_with_ties(k, monkeypatch):
+    """With exact duplicates among the features (ties at the k-th place: both paths keep the
+    lowest indices, where torch.topk's choice is unspecified) the two CPU paths give the same
+    W_hat bit for bit."""
+    features, centers = _inputs()
+    features[10:30] = features[0]
+    features[50:53] = features[1]
+    dense = stages._solver_graph(features, centers, k=k, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
+    monkeypatch.setattr(stages, "_DENSE_SIMILARITIES", 0)
+    lists = stages._solver_graph(features, centers, k=k, gamma=3.0, sigma=0.01, pix_dist_pow=1.0)
+    assert torch.equal(dense.edge_index, lists.edge_index)
+    assert torch.equal(dense.edge_weight, lists.edge_weight)
+
+
+def test_solver_graph_with_duplicate_patches_and_k_capped(path):
     """Duplicate features (exact ties in the kNN) and k above N: the compiled graph equals the
     general one (the same tie choice does not matter for the set when k = N)."""
     features, centers = _inputs(n=50, seed=2)
