@@ -227,6 +227,21 @@ def test_merge_windows_averages_overlaps():
         merge_windows(torch.rand(1, 1, 2, 2), [(0, 10, 0, 10)], (10, 20))
 
 
+def test_merge_windows_of_a_permuted_tensor_is_the_explicit_average():
+    """The pipeline hands a permuted (n, h, w, E) tensor (channels last): the result is the
+    per-pixel average of each window's bilinear map, written out with numpy over random maps."""
+    boxes = window_boxes(100, 150, 64, 32)
+    z = torch.rand(len(boxes), 4, 4, 3)
+    merged = merge_windows(z.permute(0, 3, 1, 2), boxes, (100, 150))
+    total, count = np.zeros((3, 100, 150)), np.zeros((100, 150))
+    for block, (y1, y2, x1, x2) in zip(z.permute(0, 3, 1, 2).contiguous(), boxes, strict=True):
+        total[:, y1:y2, x1:x2] += F.interpolate(block[None], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                align_corners=False)[0].double().numpy()
+        count[y1:y2, x1:x2] += 1
+    assert count.max() > 1  # overlaps
+    np.testing.assert_allclose(merged.numpy(), total / count, rtol=1e-6, atol=1e-7)
+
+
 # --------------------------------------------------------------------------- preprocessing (§1)
 def test_working_size():
     assert working_size(375, 500) == (448, 597)
