@@ -404,7 +404,7 @@ class Graph(WeightsMixin):
 
             ei = self.edge_index.detach().numpy()
             # W's own CSR, without a transpose pass, when the edges are sorted
-            forward = _csr_kernels.canonical_csr_if_sorted(ei[0], ei[1], self.edge_weight.detach().numpy(),
+            forward = _csr_kernels.canonical_csr_if_sorted(ei[0], ei[1], self._kernel_weights(),
                                                            self.num_nodes)
             return _csr_kernels.is_symmetric(*self._receiver_csr(), rtol, transpose=forward)
         a, b = _coalesced_nonzero(self), _coalesced_nonzero(self._transposed())
@@ -422,9 +422,15 @@ class Graph(WeightsMixin):
             from . import _csr_kernels
 
             ei = self.edge_index.detach().numpy()
-            return _csr_kernels.canonical_csr(ei[0], ei[1], self.edge_weight.detach().numpy(), self.num_nodes)
+            return _csr_kernels.canonical_csr(ei[0], ei[1], self._kernel_weights(), self.num_nodes)
 
         return self._cached("sender_csr", build)
+
+    def _kernel_weights(self) -> np.ndarray:
+        """The weights as the compiled kernels read them: numpy, float16 and bfloat16
+        upcast to float32 (exactly; numba has no 16-bit floats)."""
+        weights = self.edge_weight.detach()
+        return (weights.float() if weights.dtype in (torch.float16, torch.bfloat16) else weights).numpy()
 
     def _receiver_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The canonical CSR matrix of ``W^T`` (rows = receiving nodes
@@ -435,7 +441,7 @@ class Graph(WeightsMixin):
             from . import _csr_kernels
 
             ei = self.edge_index.detach().numpy()
-            return _csr_kernels.canonical_csr(ei[1], ei[0], self.edge_weight.detach().numpy(), self.num_nodes)
+            return _csr_kernels.canonical_csr(ei[1], ei[0], self._kernel_weights(), self.num_nodes)
 
         return self._cached("receiver_csr", build)
 

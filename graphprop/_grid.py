@@ -401,7 +401,8 @@ def grid_graph(signal: Tensor, radius: int, tau: WeightFn | float = 0.01, *,
     k = len(offsets)
     if not callable(weight_fn):
         tau_value = check_range("tau", weight_fn, low=0.0, low_open=True)
-        if signal.device.type == "cpu" and _stencil.numba_available():
+        compiled = signal.dtype in (torch.float32, torch.float64) and _stencil.numba_available()  # no 16-bit
+        if signal.device.type == "cpu" and compiled:
             return _exp_distance_grid_numba(signal, radius, tau_value)
         weight_fn = exp_distance_weight(tau_value)
     weights = torch.zeros(k, h, w, dtype=signal.dtype, device=signal.device)

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ._graph import Graph
+from ._grid import GridGraph
 from ._protocol import GraphOperator, PropagationGraph, is_propagation_graph
 from ._stencil import flush_denormals, numba_available
 from ._validation import (
@@ -188,7 +189,8 @@ def label_propagation(
         would lose rows whose scores are below float32's smallest number: 62 of
         sklearn's digits example's 340). Every solver works in float64 or Z's dtype on
         weights normalised in float64, so a float32 Z is the float64 answer to float32
-        rounding.
+        rounding. A float16 or bfloat16 :class:`Graph` / :class:`GridGraph` is solved as
+        its float32 copy (the same weights exactly), so Z is float32 there.
 
     Raises
     ------
@@ -207,6 +209,8 @@ def label_propagation(
 
 def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn):
     graph = _check_graph(graph)
+    if isinstance(graph, (Graph, GridGraph)) and graph.dtype in (torch.float16, torch.bfloat16):
+        graph = graph.to(dtype=torch.float32)  # exact; normalised and solved in float32 or better
     y = check_tensor("y", y, floating=True, finite=True).detach()
     if y.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"y must be float32 or float64, got {y.dtype}")

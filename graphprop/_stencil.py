@@ -104,7 +104,8 @@ def is_mirrored(grid: GridGraph) -> bool:
     if weights.device.type == "cpu" and numba_available():
         from . import _numba_kernels
 
-        result = bool(_numba_kernels.mirrored(weights.contiguous().numpy(), grid.radius))
+        wide = weights.float() if weights.dtype in (torch.float16, torch.bfloat16) else weights  # exact
+        result = bool(_numba_kernels.mirrored(wide.contiguous().numpy(), grid.radius))
     else:
         k = len(grid.offsets)
         blocks = offset_blocks(grid.offsets[: k // 2], grid.height, grid.width)

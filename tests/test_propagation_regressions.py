@@ -440,3 +440,29 @@ def test_cg_is_silent_below_one_percent_of_unresolved_rows(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gp.label_propagation(graph, y, alpha=0.5, tol=1e-6, solver="cg")
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("solver", ["cg", "fixed_point", "direct"])
+def test_16_bit_graphs_are_solved_from_their_exact_float32_copy(half, solver):
+    """A float16 / bfloat16 Graph or GridGraph (numba has no 16-bit floats) is solved as its
+    float32 copy, which holds the same weights exactly: the same answer bit for bit, float32,
+    against a dense float64 solve; its symmetry check works; 16-bit scores stay refused."""
+    w = ring(30, 1.0, dtype=half)
+    w = gp.Graph(w.edge_index, (torch.rand(60, generator=torch.Generator().manual_seed(0)) + 0.5).to(half), 30)
+    w = gp.symmetrize(w)
+    assert w.dtype == half and w.is_symmetric()
+    y = torch.rand(30, 3, generator=torch.Generator().manual_seed(1))
+    kw = {"alpha": 0.8, "solver": solver, "tol": 1e-7, "max_iter": 400}
+    z = gp.label_propagation(w, y, **kw)
+    assert z.dtype == torch.float32
+    assert torch.equal(z, gp.label_propagation(w.to(dtype=torch.float32), y, **kw))
+    dense = dense_propagation(w.to(dtype=torch.float64).to_dense().numpy(), y.double().numpy(), 0.8)
+    np.testing.assert_allclose(z.numpy(), dense, rtol=1e-4, atol=1e-5)
+    grid = gp.grid_graph(torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(2)).to(half), 1, 0.5)
+    assert grid.dtype == half and grid.is_symmetric()
+    yg = torch.rand(30, 2, generator=torch.Generator().manual_seed(3))
+    wide = grid.to(dtype=torch.float32)
+    assert torch.equal(gp.label_propagation(grid, yg, **kw), gp.label_propagation(wide, yg, **kw))
+    with pytest.raises(TypeError, match="y must be float32 or float64"):
+        gp.label_propagation(w, y.to(half), **kw)
