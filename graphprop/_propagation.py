@@ -47,6 +47,7 @@ from ._grid import GridGraph
 from ._protocol import GraphOperator, PropagationGraph, is_propagation_graph
 from ._stencil import flush_denormals, numba_available
 from ._validation import (
+    check_bool,
     check_choice,
     check_positive_int,
     check_range,
@@ -226,6 +227,8 @@ def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return
     tol = check_range("tol", tol, low=0.0)
     max_iter = check_positive_int("max_iter", max_iter)
     solver = check_choice("solver", solver, ("auto", *SOLVER_TABLE))
+    normalize, return_info = check_bool("normalize", normalize), check_bool("return_info", return_info)
+    warn = check_bool("warn", warn, none=True)
     if solver == "auto":
         solver = _auto_solver(graph)
     spec = SOLVER_TABLE[solver]

@@ -120,8 +120,9 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_int(name: str, value: object, *, minimum: int) -> int:
-    """Check that ``value`` is an integer ``>= minimum``; return it as an ``int``.
+def check_int(name: str, value: object, *, minimum: int, odd: bool = False) -> int:
+    """Check that ``value`` is an integer ``>= minimum`` (and odd where ``odd=True``); return
+    it as an ``int``.
 
     Parameters
     ----------
@@ -131,6 +132,8 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
         A Python or numpy integer (``bool`` is refused).
     minimum : int
         The smallest accepted value (0 for a count that may be zero).
+    odd : bool
+        Only odd values (a window's side).
 
     Returns
     -------
@@ -144,12 +147,30 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
     ValueError
         If it is below ``minimum``.
     """
-    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if odd:
+        wanted = f"an odd integer >= {minimum}"
+    else:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
-    if value < minimum:
+    if value < minimum or (odd and value % 2 == 0):
         raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return int(value)
+
+
+def check_bool(name: str, value: object, *, none: bool = False) -> bool | None:
+    """Check that ``value`` is ``True`` or ``False`` (not 0 / 1, not a string; ``None`` too
+    where ``none=True``); return it.
+
+    Raises
+    ------
+    TypeError
+        If it is anything else.
+    """
+    if isinstance(value, (bool, np.bool_)) or (none and value is None):
+        return None if value is None else bool(value)
+    wanted = "True, False or None" if none else "True or False"
+    raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
 
 
 def check_positive_int(name: str, value: object, *, minimum: int | None = None) -> int:

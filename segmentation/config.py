@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-from graphprop._validation import check_choice, check_int, check_range
+from graphprop._validation import check_bool, check_choice, check_int, check_range
 
 from .preprocess import RESIZE_METHODS
 
@@ -38,18 +38,8 @@ class Integer:
     minimum: int = 1
     odd: bool = False
 
-    def describe(self) -> str:
-        if self.odd:
-            return f"an odd integer >= {self.minimum}"
-        return "a positive integer" if self.minimum == 1 else f"an integer >= {self.minimum}"
-
     def check(self, name: str, value: object) -> None:
-        if not self.odd:
-            check_int(name, value, minimum=self.minimum)  # graphprop's one integer check
-        elif isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be {self.describe()}, got {type(value).__name__} {value!r}")
-        elif value < self.minimum or value % 2 == 0:
-            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+        check_int(name, value, minimum=self.minimum, odd=self.odd)  # graphprop's one integer check
 
 
 @dataclass(frozen=True)
@@ -70,8 +60,7 @@ class Boolean:
     """``True`` or ``False`` (not 0 / 1)."""
 
     def check(self, name: str, value: object) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+        check_bool(name, value)
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,12 @@ def test_bad_inputs_name_the_argument(monkeypatch):
         gp.label_propagation(graph, y, max_iter=0)
     with pytest.raises(ValueError, match="tol"):
         gp.label_propagation(graph, y, tol=-1.0)
+    for flag, value, words in (("normalize", "no", "normalize must be True or False, got str 'no'"),
+                               ("return_info", 1, "return_info must be True or False, got int 1"),
+                               ("warn", "always", "warn must be True, False or None, got str 'always'")):
+        with pytest.raises(TypeError, match=words):
+            gp.label_propagation(graph, y, **{flag: value})
+    assert isinstance(gp.label_propagation(graph, y, warn=None, return_info=np.True_), _propagation.PropagationResult)
     directed = gp.Graph(torch.tensor([[0], [1]]), torch.tensor([1.0], dtype=torch.float64), 10)
     with pytest.raises(ValueError, match="symmetric"):
         gp.label_propagation(directed, y, solver="cg")
