@@ -26,7 +26,22 @@ import torch
 _MIN_ROWS = 256  # rows of the smallest tile worth a call of its own
 _MIRROR_ROWS = 64  # rows per strided copy of the mirror
 _state: dict[str, Any] = {}
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _state
+# One limited run at a time: two overlapping ``limit`` contexts would restore each other's
+# thread count out of order and leave the BLAS on one thread.
+_run_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has the pool object but none of its threads (and may have copied a
+    held lock): start afresh."""
+    global _lock, _run_lock
+    _state.clear()
+    _lock, _run_lock = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _workers() -> int:
@@ -99,7 +114,7 @@ def inner_products(q: np.ndarray, x: np.ndarray, *, gram: bool = False) -> np.nd
             block = np.matmul(x[a0:a1], x[b0:b1].T, out=out[a0:a1, b0:b1])  # BLAS writes in place
             out[b0:b1, a0:a1] = block.T
 
-    with controller.limit(limits=1):
+    with _run_lock, controller.limit(limits=1):
         if gram:
             sides = _bounds(q.shape[0], min(2 * workers, q.shape[0] // _MIN_ROWS))
             jobs = [pool.submit(tile, sides[i], sides[j]) for i in range(len(sides)) for j in range(i, len(sides))]

@@ -233,8 +233,7 @@ def select_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return _select_topk(scores, bits, shift, -(1 << shift), k)
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False)
-def normalized_symmetric_knn(indices, weights):  # pragma: no cover - compiled
+def normalized_symmetric_knn(indices: np.ndarray, weights: np.ndarray):
     """``D^-1/2 (W + W^T) D^-1/2`` without self-loops, in float64, of the kNN graph with
     ``W[i, indices[i, t]] += weights[i, t]`` (N, k), each row of ``indices`` non-decreasing,
     entries in [0, N): ``(indptr (N+1,) int64, columns (E,) int32, values (E,) float64,
@@ -248,6 +247,13 @@ def normalized_symmetric_knn(indices, weights):  # pragma: no cover - compiled
     sorted list of the nodes that have it as a neighbour: no sort, no scratch row; rows
     run in parallel.
     """
+    return compact_normalized(*_merged_knn_rows(indices, weights))
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _merged_knn_rows(indices, weights):  # pragma: no cover - compiled
+    """Pass 1 of :func:`normalized_symmetric_knn`: the rows of W + W^T merged into their room
+    (the arguments of :func:`compact_normalized`)."""
     n, k = indices.shape
     start, source, value = _transpose(indices, weights, n)
     # pass 1: each merged row, diagonal and zero sums dropped, into room for k + in-degree
@@ -284,20 +290,29 @@ def normalized_symmetric_knn(indices, weights):  # pragma: no cover - compiled
                         out += 1
             length[i] = out - room[i]
             dinv[i] = 1.0 / np.sqrt(d if d > 0 else 1.0)
+    return room, merged_col, merged_val, length, dinv
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def compact_normalized(room, merged_col, merged_val, length, dinv):  # pragma: no cover - compiled
+    """The last pass of the W_hat builds (:func:`normalized_symmetric_knn`,
+    ``segmentation._patch_kernels.normalized_patch_graph``): row i's ``length[i]`` entries of
+    ``W + W^T``, columns increasing, stored from ``room[i]`` in ``merged_col`` / ``merged_val``,
+    compacted into the canonical CSR with values ``(w * dinv[i]) * dinv[j]`` in float64:
+    ``(indptr (N+1,) int64, columns (E,) int32, values (E,) float64, edge_index (2, E) int64)``."""
+    n = length.shape[0]
     indptr = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         indptr[i + 1] = indptr[i] + length[i]
     columns = np.empty(indptr[n], dtype=np.int32)
     values = np.empty(indptr[n], dtype=np.float64)
     edge_index = np.empty((2, indptr[n]), dtype=np.int64)
-    # pass 2: normalised, compacted
-    for task in numba.prange(tasks):
-        for i in range(task * _CHUNK, min(n, (task + 1) * _CHUNK)):
-            for t in range(length[i]):
-                j = merged_col[room[i] + t]
-                e = indptr[i] + t
-                columns[e] = j
-                values[e] = (np.float64(merged_val[room[i] + t]) * dinv[i]) * dinv[j]
-                edge_index[0, e] = i
-                edge_index[1, e] = j
+    for i in numba.prange(n):
+        for t in range(length[i]):
+            j = merged_col[room[i] + t]
+            e = indptr[i] + t
+            columns[e] = j
+            values[e] = (np.float64(merged_val[room[i] + t]) * dinv[i]) * dinv[j]
+            edge_index[0, e] = i
+            edge_index[1, e] = j
     return indptr, columns, values, edge_index

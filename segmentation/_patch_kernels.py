@@ -7,7 +7,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from graphprop._knn_kernels import _DEBRUIJN, _DEBRUIJN_POSITION
+from graphprop._knn_kernels import _DEBRUIJN, _DEBRUIJN_POSITION, compact_normalized
 
 
 @numba.njit(inline="always", cache=True)
@@ -56,8 +56,8 @@ def patch_weights(values, indices, centers, gamma, sigma, pix_dist_pow):  # prag
     return out
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False)
-def normalized_patch_graph(sims, indices, centers, gamma, sigma, pix_dist_pow):  # pragma: no cover - compiled
+def normalized_patch_graph(sims: np.ndarray, indices: np.ndarray, centers: np.ndarray, gamma: float, sigma: float,
+                           pix_dist_pow: float):
     """``W_hat = D^-1/2 (W + W^T) D^-1/2`` without self-loops, in float64, of the LPOSS patch
     graph, from the (N, N) similarities themselves: the canonical CSR (rows sorted by column,
     zero entries dropped) and its edges, ``(indptr (N+1,) int64, columns (E,) int32, values
@@ -79,6 +79,13 @@ def normalized_patch_graph(sims, indices, centers, gamma, sigma, pix_dist_pow): 
     centers : (N, 2) float32, patch centres (y, x) in pixels
     gamma, sigma, pix_dist_pow : the weights' settings
     """
+    return compact_normalized(*_merged_patch_rows(sims, indices, centers, gamma, sigma, pix_dist_pow))
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _merged_patch_rows(sims, indices, centers, gamma, sigma, pix_dist_pow):  # pragma: no cover - compiled
+    """The rows of :func:`normalized_patch_graph` merged into their room, with their degrees
+    (the arguments of ``graphprop._knn_kernels.compact_normalized``)."""
     n, k = indices.shape
     words = (n + 63) // 64
     one = np.uint64(1)
@@ -135,19 +142,4 @@ def normalized_patch_graph(sims, indices, centers, gamma, sigma, pix_dist_pow): 
                     out += 1
         length[i] = out - room[i]
         dinv[i] = 1.0 / np.sqrt(d if d > 0 else 1.0)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        indptr[i + 1] = indptr[i] + length[i]
-    columns = np.empty(indptr[n], dtype=np.int32)
-    values = np.empty(indptr[n], dtype=np.float64)
-    edge_index = np.empty((2, indptr[n]), dtype=np.int64)
-    # pass 2: normalised, compacted
-    for i in numba.prange(n):
-        for t in range(length[i]):
-            j = merged_col[room[i] + t]
-            e = indptr[i] + t
-            columns[e] = j
-            values[e] = (np.float64(merged_val[room[i] + t]) * dinv[i]) * dinv[j]
-            edge_index[0, e] = i
-            edge_index[1, e] = j
-    return indptr, columns, values, edge_index
+    return room, merged_col, merged_val, length, dinv

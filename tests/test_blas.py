@@ -58,3 +58,39 @@ def test_mirrored_copies_the_upper_triangle_down():
 def test_gram_needs_matching_shapes():
     with pytest.raises(ValueError, match="gram=True"):
         _blas.inner_products(np.ones((3, 2)), np.ones((4, 2)), gram=True)
+
+
+def test_concurrent_callers_leave_the_blas_thread_count_as_it_was():
+    """Overlapping calls from several threads (a served demo) run one limited section at a
+    time: the BLAS is back at its thread count afterwards, and every result is right."""
+    import threading
+
+    x = np.random.default_rng(2).standard_normal((900, 24))
+    ref = x @ x.T
+    before = _blas_threads()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(_blas.inner_products(x, x, gram=True)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _blas_threads() == before and len(results) == 4
+    for out in results:
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def _gram_in_child(x):
+    return float(np.abs(_blas.inner_products(x, x, gram=True) - x @ x.T).max())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_gets_a_pool_of_its_own():
+    """After the parent has used its pool, a forked child (a fork-started worker) computes
+    with threads of its own instead of waiting for the parent's, which it does not have."""
+    import multiprocessing
+
+    x = np.random.default_rng(3).standard_normal((700, 16))
+    _blas.inner_products(x, x, gram=True)  # the parent's pool exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_gram_in_child, (x,)).get(timeout=120) < 1e-9
