@@ -377,19 +377,30 @@ class CsrOperator:
     column_multiple = 1  # any width is read as it is; padded_width says which widths are faster
 
     def padded_width(self, e: int) -> int:
-        """The width to give ``e`` columns: ``e`` rounded up to a multiple of 16 (the
-        register-blocked kernel) where that adds at most an eighth, else to whole 64-byte
-        vectors (8 float64 / 16 float32 columns) where that does, else ``e``.
+        """The width to give ``e`` columns:
 
-        Measured on the patch graph (AMD EPYC, ``benchmarks/README.md``): 46 float64
-        columns take 9.7 ms a product on the plain kernel, 48 take 7.8 ms there and 4-5 ms
-        on the blocked one; but padding 10 columns to 16 made the 1M-node product 2x slower.
+        - ``e`` itself when it is whole 64-byte vectors (8 float64 / 16 float32 columns);
+        - else ``e`` rounded up to a multiple of 16, the register-blocked kernel, where that
+          adds at most 60%;
+        - else ``e`` rounded up to whole vectors where that adds at most an eighth;
+        - else ``e``.
+
+        Measured on this project's machine (AMD EPYC, 2 cores, ``benchmarks/README.md``;
+        warm 10-iteration CG, the two widths interleaved in one process): 10 float32
+        columns as 16 took 6.0 against 9.6 ms at 10k nodes, 49 against 68 ms at 100k, 1.30
+        against 1.79 s at 1M; 12 as 16 1.57x and 28 as 32 1.53x faster at 100k; 4 as 16 was
+        1.3-2x slower at 10k and 1M; float64 24 and 40 columns (whole vectors) were 8-12%
+        slower as 32 and 48; 46 float64 columns as 48 take 4-6 ms a product on the patch
+        graph against 10-15 ms as 46.
         """
-        for multiple in (LANES, 64 // self.values.itemsize):
-            width = -(-e // multiple) * multiple
-            if 8 * (width - e) <= e:
-                return width
-        return e
+        lanes = 64 // self.values.itemsize
+        if e % lanes == 0:
+            return e
+        blocked = -(-e // LANES) * LANES
+        if 5 * (blocked - e) <= 3 * e:
+            return blocked
+        whole = -(-e // lanes) * lanes
+        return whole if 8 * (whole - e) <= e else e
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, *,
                  normalize: bool, dtype: torch.dtype) -> None:
