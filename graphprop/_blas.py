@@ -3,14 +3,15 @@
 Why not one threaded call: numpy's OpenBLAS keeps its worker threads spinning for about
 0.1 s after each call (its ``THREAD_TIMEOUT``), so the numba kernels that follow share the
 cores with them. On the AMD EPYC of ``benchmarks/README.md`` (2 cores) the top-k selection
-of the patch stage took 29 ms right after numpy's 2,940 x 2,940 x 768 product, 13 ms when
-run alone. Calls limited to one BLAS thread each (``threadpoolctl``), run in a pool of
+of the patch stage took 23-29 ms right after numpy's 2,940 x 2,940 x 768 product, 13-14 ms
+when run alone. Calls limited to one BLAS thread each (``threadpoolctl``), run in a pool of
 Python threads (numpy releases the GIL in them), leave no thread spinning, and are as fast
 (66 ms against 66 ms for the two halves of that product).
 
 For a Gram matrix ``X X^T`` only the tiles on and above the diagonal are computed and each
-is mirrored, so the result is exactly symmetric (as numpy's own ``syrk`` path gives it) for
-10/16 of the multiply-adds with 2 threads.
+is mirrored, so the result is exactly symmetric (as numpy's own ``syrk`` path gives it): with
+2 threads 10 of 16 tiles, the 4 on the diagonal by ``syrk`` at half cost, half the
+multiply-adds of the whole product.
 """
 
 from __future__ import annotations

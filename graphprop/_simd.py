@@ -1,8 +1,10 @@
-"""Explicit SIMD building blocks for the numba stencil (numba intrinsics emitting LLVM IR).
+"""Explicit SIMD building blocks for the numba stencil and CSR product (numba intrinsics
+emitting LLVM IR).
 
-numba's auto-vectoriser keeps a per-pixel accumulator in memory (a load and a store
-per multiply-add); these intrinsics keep ``J x NV`` accumulators of ``LANES`` floats
-in registers across a whole window row instead. Only imported with numba.
+numba's auto-vectoriser keeps a per-pixel (per-row) accumulator in memory (a load and a
+store per multiply-add); these intrinsics keep ``J x NV`` accumulators of ``LANES`` floats
+in registers across a whole window row (:func:`window_row`) or a whole CSR row
+(:func:`gather_row`) instead. Only imported with numba.
 
 All "vectors" are ``LANES`` = 16 consecutive elements of a C-contiguous array (one
 AVX-512 register of float32, two of float64), addressed by flat element index.
