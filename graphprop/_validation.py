@@ -145,7 +145,7 @@ def check_int(name: str, value: object, *, minimum: int, odd: bool = False) -> i
     TypeError
         If ``value`` is not an integer (a float, a ``bool``, a string ...).
     ValueError
-        If it is below ``minimum``.
+        If it is below ``minimum``, or even where ``odd=True``.
     """
     if odd:
         wanted = f"an odd integer >= {minimum}"
