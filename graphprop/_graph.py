@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ._cache import cached_derived, store_derived
 from ._protocol import GraphOperator, PropagationGraph, WeightsMixin, is_propagation_graph
-from ._validation import check_int, check_tensor, finite_nonnegative
+from ._validation import check_int, check_tensor, finite_nonnegative, widened
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -429,8 +429,7 @@ class Graph(WeightsMixin):
     def _kernel_weights(self) -> np.ndarray:
         """The weights as the compiled kernels read them: numpy, float16 and bfloat16
         upcast to float32 (exactly; numba has no 16-bit floats)."""
-        weights = self.edge_weight.detach()
-        return (weights.float() if weights.dtype in (torch.float16, torch.bfloat16) else weights).numpy()
+        return widened(self.edge_weight.detach()).numpy()
 
     def _receiver_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The canonical CSR matrix of ``W^T`` (rows = receiving nodes

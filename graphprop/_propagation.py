@@ -47,6 +47,7 @@ from ._grid import GridGraph
 from ._protocol import GraphOperator, PropagationGraph, is_propagation_graph
 from ._stencil import flush_denormals, numba_available
 from ._validation import (
+    HALF_FLOATS,
     check_bool,
     check_choice,
     check_positive_int,
@@ -210,7 +211,7 @@ def label_propagation(
 
 def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn):
     graph = _check_graph(graph)
-    if isinstance(graph, (Graph, GridGraph)) and graph.dtype in (torch.float16, torch.bfloat16):
+    if isinstance(graph, (Graph, GridGraph)) and graph.dtype in HALF_FLOATS:
         graph = graph.to(dtype=torch.float32)  # exact; normalised and solved in float32 or better
     y = check_tensor("y", y, floating=True, finite=True).detach()
     if y.dtype not in (torch.float32, torch.float64):

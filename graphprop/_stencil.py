@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ._validation import check_choice
+from ._validation import check_choice, widened
 from ._window import offset_blocks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,8 +104,7 @@ def is_mirrored(grid: GridGraph) -> bool:
     if weights.device.type == "cpu" and numba_available():
         from . import _numba_kernels
 
-        wide = weights.float() if weights.dtype in (torch.float16, torch.bfloat16) else weights  # exact
-        result = bool(_numba_kernels.mirrored(wide.contiguous().numpy(), grid.radius))
+        result = bool(_numba_kernels.mirrored(widened(weights).contiguous().numpy(), grid.radius))
     else:
         k = len(grid.offsets)
         blocks = offset_blocks(grid.offsets[: k // 2], grid.height, grid.width)

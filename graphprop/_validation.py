@@ -28,6 +28,15 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+# floating dtypes the compiled kernels cannot read (numba has no 16-bit floats)
+HALF_FLOATS = (torch.float16, torch.bfloat16)
+
+
+def widened(t: Tensor) -> Tensor:
+    """``t`` with float16 / bfloat16 upcast to float32 (exactly); any other tensor as it is."""
+    return t.float() if t.dtype in HALF_FLOATS else t
+
+
 def check_tensor(
     name: str,
     value: object,
