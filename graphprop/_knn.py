@@ -39,26 +39,36 @@ def knn(
 ) -> tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of each query among the points ``x``.
 
-    Args:
-        x: (N, D) floating, the points searched.
-        k: number of neighbours; ``k > N`` is clamped to N with a warning.
-        queries: (M, D) floating, the points whose neighbours are sought; default
-            ``x`` itself (M = N), in which case each point is a candidate among its own
-            neighbours (not always found: a duplicate point ties with it, and ``"ip"``
-            may rank a longer vector first).
-        metric: ``"cosine"`` (rows L2-normalised first, values are cosine
-            similarities, largest first), ``"ip"`` (inner products, largest first) or
-            ``"l2"`` (Euclidean distances, smallest first).
-        backend: ``"torch"`` (blockwise matmul + top-k, memory O(block x N)),
-            ``"keops"`` (pykeops ``LazyTensor`` ``Kmin_argKmin``, compiled on first
-            use) or ``"auto"`` (see :func:`select_knn_backend`).
+    Parameters
+    ----------
+    x : (N, D) floating tensor
+        The points searched.
+    k : int
+        Number of neighbours; ``k > N`` is clamped to N with a warning.
+    queries : (M, D) floating tensor, optional
+        The points whose neighbours are sought; default ``x`` itself (M = N), in which case
+        each point is a candidate among its own neighbours (not always found: a duplicate
+        point ties with it, and ``"ip"`` may rank a longer vector first).
+    metric : {"cosine", "ip", "l2"}
+        ``"cosine"`` (rows L2-normalised first, values are cosine similarities, largest
+        first), ``"ip"`` (inner products, largest first) or ``"l2"`` (Euclidean distances,
+        smallest first).
+    backend : {"auto", "torch", "keops"}
+        ``"torch"`` (blockwise matmul + top-k, memory O(block x N)), ``"keops"`` (pykeops
+        ``LazyTensor`` ``Kmin_argKmin``, compiled on first use) or ``"auto"`` (see
+        :func:`select_knn_backend`).
 
-    Returns:
-        ``(values, indices)``, each (M, k), best first: ``values`` in the dtype of
-        ``x``, ``indices`` int64 into ``x``. Outputs are on the inputs' device.
+    Returns
+    -------
+    values : (M, k) tensor
+        Best first, in the dtype of ``x``.
+    indices : (M, k) int64 tensor
+        Into ``x``. Both outputs are on the inputs' device.
 
-    Raises:
-        ValueError: NaN/inf inputs, mismatched dimensions or devices, an empty ``x``.
+    Raises
+    ------
+    ValueError
+        NaN/inf inputs, mismatched dimensions or devices, an empty ``x``.
     """
     return _search(x, k, queries, metric, backend, ordered=True)
 
@@ -233,25 +243,35 @@ def knn_graph(
     symmetric: bool = False,
 ) -> Graph:
     """The kNN graph of the points ``x``: an edge ``(i, j)`` for each of the k nearest
-    neighbours ``j`` of ``i`` (``i`` itself included), so that row ``i`` of W holds
-    i's neighbours; with ``symmetric=True``, ``W + W^T``.
+    neighbours ``j`` of ``i``, searched among all N points, ``i`` among them (usually found,
+    as a self-loop; not always: a duplicate of ``i`` ties with it, and ``"ip"`` may rank a
+    longer vector first), so that row ``i`` of W holds i's neighbours; with
+    ``symmetric=True``, ``W + W^T``.
 
-    Args:
-        x: (N, D) floating points.
-        k: neighbours per node (clamped to N with a warning).
-        metric, backend: as in :func:`knn`.
-        weight: optional ``weight(values, edge_index) -> (E,)`` giving each edge's
-            weight from the kNN values (E,) and the edges (2, E) of the directed graph
-            (N * k edges). Default: for ``"cosine"``/``"ip"`` the similarity clamped
-            at 0, for ``"l2"`` 1 (an unweighted graph).
-        symmetric: return ``W + W^T``, equal to ``symmetrize(knn_graph(...))``: an
-            edge found from both sides gets both weights, edges sorted by (source,
-            target), explicit zero weights kept. On the CPU it is built from the kNN
-            lists directly (numba), without the general sort.
+    Parameters
+    ----------
+    x : (N, D) floating tensor
+        The points.
+    k : int
+        Neighbours per node (clamped to N with a warning).
+    metric, backend : str
+        As in :func:`knn`.
+    weight : callable, optional
+        ``weight(values, edge_index) -> (E,)`` giving each edge's weight from the kNN values
+        (E,) and the edges (2, E) of the directed graph (E = N * k). Default: for
+        ``"cosine"``/``"ip"`` the similarity clamped at 0, for ``"l2"`` 1 (an unweighted
+        graph).
+    symmetric : bool
+        Return ``W + W^T``, equal to ``symmetrize(knn_graph(...))``: an edge found from both
+        sides gets both weights, edges sorted by (source, target), explicit zero weights
+        kept. On the CPU it is built from the kNN lists directly (numba), without the
+        general sort.
 
-    Returns:
-        A :class:`Graph`: N * k edges, row by row (``symmetric=False``), or the
-        coalesced ``W + W^T`` (``symmetric=True``).
+    Returns
+    -------
+    Graph
+        N * k edges, row by row (``symmetric=False``), or the coalesced ``W + W^T``
+        (``symmetric=True``).
     """
     values, indices = _search(x, k, None, metric, backend, ordered=not symmetric)
     n, kk = indices.shape
