@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from graphprop._validation import check_choice
+
 __all__ = ["PRECISIONS", "check_precision", "cpu_has_bf16", "probe_cpu_bf16", "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,11 +38,12 @@ def check_precision(precision: object, device: torch.device | str | None = None)
 
     Raises
     ------
+    TypeError
+        A precision that is not a string.
     ValueError
         One line, for an unknown precision or fp16 off CUDA.
     """
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
         raise ValueError(f"precision='fp16' needs a CUDA device (got device={str(device)!r}); "
                          "on CPU use precision='bf16' or 'fp32'")

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from graphprop._validation import check_choice
+
 from ._base import DenseEncoderBase
 from ._weights import WeightsSource, check_file, unavailable, warn_random
 
@@ -87,9 +89,7 @@ class TimmViTEncoder(DenseEncoderBase):
         half: bool = False,
         model_kwargs: dict | None = None,
     ):
-        if feature not in FEATURES:
-            raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
-        self.feature = feature
+        self.feature = check_choice("feature", feature, FEATURES)
         self._setup(model, pretrained, device=device, precision=precision, half=half, batch_size=batch_size)
         self.model = _create_timm(model, self.source, model_kwargs or {})
         self.model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from graphprop._validation import check_positive_int
+from graphprop._validation import check_positive_int, check_range
 
 __all__ = ["SegmentationMetrics", "boundary_iou_counts", "boundary_mask", "confusion_matrix"]
 
@@ -107,11 +107,11 @@ def boundary_mask(mask: Tensor, dilation_ratio: float = 0.02) -> Tensor:
     -------
     (..., H, W) bool tensor on ``mask``'s device: True on the boundary pixels of each mask.
     """
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() < 2:
-        raise ValueError(f"mask must be a (..., H, W) bool tensor, got "
-                         f"{getattr(mask, 'dtype', type(mask).__name__)} of shape {tuple(getattr(mask, 'shape', ()))}")
-    if not dilation_ratio >= 0:
-        raise ValueError(f"dilation_ratio must be >= 0, got {dilation_ratio}")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a (..., H, W) bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.dim() < 2:
+        raise ValueError(f"mask must be a (..., H, W) bool tensor, got shape {tuple(mask.shape)}")
+    check_range("dilation_ratio", dilation_ratio, low=0)
     height, width = mask.shape[-2:]
     if height == 0 or width == 0:
         return mask.clone()
@@ -201,8 +201,7 @@ class SegmentationMetrics:
     def __init__(self, num_classes: int, *, ignore_index: int = 255, boundary: bool = False,
                  dilation_ratio: float = 0.02, device=None):
         _check_num_classes(num_classes)
-        if not dilation_ratio >= 0:
-            raise ValueError(f"dilation_ratio must be >= 0, got {dilation_ratio}")
+        check_range("dilation_ratio", dilation_ratio, low=0)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.boundary = bool(boundary)

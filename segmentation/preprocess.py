@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graphprop._validation import check_choice
+
 if TYPE_CHECKING:  # pragma: no cover - PIL is imported where images are read
     import PIL.Image
 
@@ -167,8 +169,7 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], method: str = "torc
     ImportError
         ``method="opencv"`` without OpenCV.
     """
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"resize method must be one of {', '.join(RESIZE_METHODS)}, got {method!r}")
+    check_choice("resize method", method, RESIZE_METHODS)
     if image.dtype == torch.uint8:
         if tuple(image.shape[-2:]) == tuple(size):
             return image.float() / 255

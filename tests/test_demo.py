@@ -237,8 +237,10 @@ def test_the_default_result_folder_goes_with_the_app(small_encoders, tmp_path):
 
 
 def test_demo_app_validates_its_arguments(small_encoders):
-    with pytest.raises(ValueError, match="max_pixels"):
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer, got 0"):
         DemoApp(*small_encoders, max_pixels=0)
+    with pytest.raises(TypeError, match="cache_size must be a positive integer, got float 1.5"):
+        DemoApp(*small_encoders, cache_size=1.5)
     with pytest.raises(TypeError, match="VisionEncoder"):
         DemoApp(small_encoders[0], object())
 

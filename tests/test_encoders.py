@@ -300,6 +300,8 @@ def test_unknown_models_and_tags_are_clear_errors():
         TimmViTEncoder("vit_nothing_here", pretrained=None, device="cpu")
     with pytest.raises(ValueError, match="feature must be one of"):
         TimmViTEncoder(pretrained=None, feature="z", device="cpu", **SMALL_DINO)
+    with pytest.raises(TypeError, match="feature must be a str"):
+        TimmViTEncoder(pretrained=None, feature=1, device="cpu", **SMALL_DINO)
 
 
 def test_resnet_clip_is_refused():

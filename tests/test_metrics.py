@@ -440,10 +440,16 @@ def test_bad_inputs_raise_clear_errors():
         SegmentationMetrics(0)
     with pytest.raises(TypeError, match="num_classes must be a positive integer, got float 2.5"):
         SegmentationMetrics(2.5)
-    with pytest.raises(ValueError, match="bool"):
+    with pytest.raises(TypeError, match="bool tensor, got torch.int64"):
         boundary_mask(a)
-    with pytest.raises(ValueError, match="dilation_ratio"):
+    with pytest.raises(ValueError, match=r"bool tensor, got shape \(4,\)"):
+        boundary_mask(torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"dilation_ratio must be in \[0, inf\]"):
         boundary_mask(a.bool(), -0.1)
+    with pytest.raises(TypeError, match="dilation_ratio must be a number"):
+        SegmentationMetrics(3, boundary=True, dilation_ratio="0.02")
+    with pytest.raises(ValueError, match="dilation_ratio"):
+        SegmentationMetrics(3, boundary=True, dilation_ratio=float("nan"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

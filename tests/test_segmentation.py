@@ -311,8 +311,10 @@ def test_opencv_resize_option(monkeypatch, small_encoders):
     assert (ours != torch_rule).any()  # the two rules are not the same arithmetic
     as_float = image.float() / 255
     torch.testing.assert_close(resize_image(as_float, (40, 50), "opencv"), resize_image(as_float, (40, 50)))
-    with pytest.raises(ValueError, match="resize method must be one of torch, opencv"):
+    with pytest.raises(ValueError, match=r"resize method must be one of \['torch', 'opencv'\], got 'pil'"):
         resize_image(image, size, "pil")
+    with pytest.raises(TypeError, match="resize method must be a str"):
+        resize_image(image, size, 1)
     with pytest.raises(ValueError, match="LPOSSConfig.resize"):
         LPOSSConfig(resize="pil")
     vlm, vm = small_encoders

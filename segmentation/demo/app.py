@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graphprop._validation import check_int
+
 from ..classnames import read_class_list
 from ..methods import Method, available_methods
 from ..pipeline import LPOSS, ImageFeatures, LPOSSConfig, MaskCLIP
@@ -86,9 +88,8 @@ class DemoApp:
                  cache_size: int = 4, out_dir: str | Path | None = None):
         self._encoder = LPOSS(vlm, vm, config)  # validates the encoders and the config
         self.config = self._encoder.config
-        if not max_pixels >= 1 or not cache_size >= 1:
-            raise ValueError(f"max_pixels and cache_size must be >= 1, got {max_pixels!r}, {cache_size!r}")
-        self.max_pixels, self.cache_size = int(max_pixels), int(cache_size)
+        self.max_pixels = check_int("max_pixels", max_pixels, minimum=1)
+        self.cache_size = check_int("cache_size", cache_size, minimum=1)
         self.encode_count = 0  # passes through the networks, for the status line and the tests
         self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
         self._lock = threading.Lock()
