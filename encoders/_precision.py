@@ -43,7 +43,7 @@ def check_precision(precision: object, device: torch.device | str | None = None)
     ValueError
         One line, for an unknown precision or fp16 off CUDA.
     """
-    check_choice("precision", precision, PRECISIONS)
+    precision = check_choice("precision", precision, PRECISIONS)
     if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
         raise ValueError(f"precision='fp16' needs a CUDA device (got device={str(device)!r}); "
                          "on CPU use precision='bf16' or 'fp32'")
