@@ -272,9 +272,9 @@ def _shares(labels: torch.Tensor, names: list[str]) -> list[tuple[str, float]]:
 
 
 def _read_labels(path: Path) -> torch.Tensor:
-    from PIL import Image
+    from .preprocess import open_image
 
-    with Image.open(path) as opened:
+    with open_image(path, "label") as opened:
         return torch.from_numpy(np.asarray(opened).astype(np.int64))
 
 

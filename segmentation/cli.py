@@ -10,6 +10,8 @@
   (``python -m segmentation.evaluate`` under ``torchrun`` for many processes).
 - ``lposs demo``: a local web page to segment your own images interactively (Gradio, the
   ``demo`` extra).
+- ``lposs prepare-coco DATA_ROOT``: the COCO-Stuff and COCO-Object label files ``lposs evaluate``
+  reads, from COCO-Stuff's stuffthingmaps (``python -m segmentation.datasets prepare-coco`` runs the same).
 
 Each command is a module of :mod:`segmentation.commands`; :data:`COMMANDS` lists them.
 """
@@ -19,13 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import demo, evaluate, graph_example, segment
+from .commands import demo, evaluate, graph_example, prepare_coco, segment
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The commands in the order ``lposs --help`` lists them: each module has NAME, HELP, DESCRIPTION,
 #: ``add_arguments(parser)`` and ``run(args) -> int``.
-COMMANDS = (segment, evaluate, demo, graph_example)
+COMMANDS = (segment, evaluate, demo, prepare_coco, graph_example)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -402,10 +402,34 @@ def coco_lookup_tables() -> tuple[np.ndarray, np.ndarray]:
 
 def prepare_coco(data_root: str | os.PathLike, *, split: str = "val2017", overwrite: bool = False) -> int:
     """Write ``<name>_labelTrainIds.png`` (COCO-Stuff) and ``<name>_instanceTrainIds.png``
-    (COCO-Object) beside each stuffthingmap PNG in ``data_root/coco_stuff164k/annotations/<split>``;
-    returns how many maps were converted."""
+    (COCO-Object) beside each stuffthingmap PNG in ``data_root/coco_stuff164k/annotations/<split>``
+    (``lposs prepare-coco``).
+
+    Parameters
+    ----------
+    data_root : str or os.PathLike
+        The folder holding ``coco_stuff164k/``.
+    split : str
+        The annotations' sub-folder (default ``val2017``).
+    overwrite : bool
+        Convert maps whose two label files exist too (default: skip them).
+
+    Returns
+    -------
+    int
+        How many stuffthingmaps were found (converted or already done).
+
+    Raises
+    ------
+    DatasetLayoutError
+        No stuffthingmap in the folder.
+    ValueError
+        A map that cannot be read (:func:`~segmentation.preprocess.open_image`).
+    """
     from PIL import Image
     from tqdm.auto import tqdm
+
+    from .preprocess import open_image
 
     folder = Path(data_root) / DATASETS["coco_stuff"].root / "annotations" / split
     maps = sorted(p for p in folder.glob("*.png") if "TrainIds" not in p.name) if folder.is_dir() else []
@@ -419,25 +443,16 @@ def prepare_coco(data_root: str | os.PathLike, *, split: str = "val2017", overwr
                    path.with_name(f"{path.stem}_instanceTrainIds.png"))
         if not overwrite and all(t.is_file() for t in targets):
             continue
-        raw = np.asarray(Image.open(path))
+        with open_image(path, "stuffthingmap") as opened:
+            raw = np.asarray(opened)
         for table, target in zip((stuff, objects), targets, strict=True):
             Image.fromarray(table[raw]).save(target)
     return len(maps)
 
 
-if __name__ == "__main__":  # python -m segmentation.datasets prepare-coco DATA_ROOT
-    import argparse
+if __name__ == "__main__":  # python -m segmentation.datasets prepare-coco DATA_ROOT: lposs prepare-coco
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m segmentation.datasets",
-                                     description="Prepare datasets for lposs evaluate.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    coco = commands.add_parser("prepare-coco", help="COCO-Stuff and COCO-Object label files from the stuffthingmaps")
-    coco.add_argument("data_root")
-    coco.add_argument("--split", default="val2017")
-    parsed = parser.parse_args()
-    try:
-        print(f"converted {prepare_coco(parsed.data_root, split=parsed.split)} label maps")
-    except DatasetLayoutError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from .commands.prepare_coco import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -27,7 +27,7 @@ PACKAGE = ROOT / "segmentation"
 
 def test_every_command_has_the_pattern_and_is_listed_in_help(capsys):
     names = [command.NAME for command in cli.COMMANDS]
-    assert names == ["segment", "evaluate", "demo", "graph-example"]
+    assert names == ["segment", "evaluate", "demo", "prepare-coco", "graph-example"]
     for command in cli.COMMANDS:
         assert isinstance(command.HELP, str) and command.HELP and isinstance(command.DESCRIPTION, str)
         assert callable(command.add_arguments) and callable(command.run)
@@ -127,7 +127,8 @@ def test_the_encoder_logs_are_silenced_only_inside_the_call():
 
 
 def _imports(path: Path) -> list[tuple[str, str | None]]:
-    """(module imported, function it is imported in) of every import in a file, relative ones resolved."""
+    """(module imported, function it is imported in) of every import in a file, relative ones resolved;
+    ``"__main__"`` for the function of an ``if __name__ == "__main__":`` block."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     if path.name == "__init__.py":
         package = ".".join(path.relative_to(ROOT).parts[:-1])
@@ -137,6 +138,9 @@ def _imports(path: Path) -> list[tuple[str, str | None]]:
     def visit(node, function):
         for child in ast.iter_child_nodes(node):
             inside = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.If) and ast.unparse(child.test) in ('__name__ == "__main__"',
+                                                                          "__name__ == '__main__'"):
+                inside = "__main__"
             if isinstance(child, ast.ImportFrom):
                 base = importlib.util.resolve_name("." * child.level + (child.module or ""), package) \
                     if child.level else child.module
@@ -159,7 +163,7 @@ ALIASES = {"segmentation/evaluate.py", "segmentation/segment.py", "segmentation/
 
 def test_imports_only_run_downward():
     """The library and the demo never import the commands or the CLI (a deprecated alias's __getattr__
-    may name a command's new place)."""
+    may name a command's new place, and a module's ``python -m`` block may run a command)."""
     checked = 0
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()
@@ -167,7 +171,7 @@ def test_imports_only_run_downward():
             continue
         for module, function in _imports(path):
             upward = any(module == app or module.startswith(app + ".") for app in APPLICATION)
-            assert not upward or function == "__getattr__", f"{relative} imports {module}"
+            assert not upward or function in ("__getattr__", "__main__"), f"{relative} imports {module}"
         checked += 1
     assert checked > 20
     commands = [module for path in (PACKAGE / "commands").glob("*.py") for module, _ in _imports(path)]

@@ -160,3 +160,40 @@ def test_coco_label_conversion(tmp_path):
     assert load_dataset("coco_object", tmp_path).load(0)[1].tolist() == [[1, 12, 0], [0, 0, 80]]
     with pytest.raises(DatasetLayoutError, match="stuffthingmaps"):
         prepare_coco(tmp_path / "empty")
+
+
+def test_prepare_coco_command(tmp_path, capsys):
+    """``lposs prepare-coco`` and its old form ``python -m segmentation.datasets prepare-coco``: the
+    label files written, a rerun skipping them, --overwrite redoing them, and one error line."""
+    import subprocess
+    import sys
+
+    from segmentation import cli
+
+    folder = tmp_path / "coco_stuff164k" / "annotations" / "val2017"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.array([[0, 12], [255, 92]], dtype=np.uint8)).save(folder / "1.png")
+    assert cli.main(["prepare-coco", str(tmp_path)]) == 0
+    assert "1 label maps" in capsys.readouterr().out
+    stuff_file = folder / "1_labelTrainIds.png"
+    assert np.asarray(Image.open(stuff_file)).tolist() == [[0, 11], [255, 81]]
+    assert np.asarray(Image.open(folder / "1_instanceTrainIds.png")).tolist() == [[1, 12], [0, 0]]
+    Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(stuff_file)  # a rerun keeps what is there
+    assert cli.main(["prepare-coco", str(tmp_path)]) == 0
+    assert np.asarray(Image.open(stuff_file)).tolist() == [[0, 0], [0, 0]]
+    assert cli.main(["prepare-coco", str(tmp_path), "--overwrite"]) == 0
+    assert np.asarray(Image.open(stuff_file)).tolist() == [[0, 11], [255, 81]]
+    capsys.readouterr()
+
+    assert cli.main(["prepare-coco", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lposs prepare-coco: error: no COCO-Stuff stuffthingmaps in") and err.count("\n") == 1
+    (folder / "2.png").write_bytes(b"not a png")
+    assert cli.main(["prepare-coco", str(tmp_path)]) == 2
+    assert "cannot read stuffthingmap" in capsys.readouterr().err
+
+    (folder / "2.png").unlink()
+    old = subprocess.run([sys.executable, "-m", "segmentation.datasets", "prepare-coco", str(tmp_path), "--overwrite"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
+    assert old.returncode == 0, old.stderr
+    assert "1 label maps" in old.stdout
