@@ -9,6 +9,7 @@ implements :class:`~graphprop.PropagationGraph`.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -352,7 +353,7 @@ def exp_distance_weight(tau: float) -> WeightFn:
 _NO_WEIGHT = object()  # grid_graph's deprecated ``weight=`` keyword, not given
 
 
-def grid_graph(signal: Tensor, radius: int, tau: WeightFn | float = 0.01, *,
+def grid_graph(signal: Tensor, radius: int, tau: float = 0.01, *, weight_fn: WeightFn | None = None,
                weight: WeightFn | float | object = _NO_WEIGHT) -> GridGraph:
     """The local-window graph of a (C, H, W) signal.
 
@@ -363,14 +364,18 @@ def grid_graph(signal: Tensor, radius: int, tau: WeightFn | float = 0.01, *,
     radius : int
         Window radius, >= 1; pixels with ``|dy|, |dx| <= radius`` are joined
         ((2r+1)^2 - 1 neighbours inside the image, 168 for radius 6).
-    tau : float or callable
-        A float ``tau`` > 0 for :func:`exp_distance_weight` (the weight
-        ``exp(-||f_p - f_q|| / tau)``, default 0.01), or a symmetric callable
-        ``weight(f_p, f_q) -> w`` taking the (C, h, w) features of aligned pixel
-        blocks and returning (h, w) non-negative weights. Each unordered pair is
-        computed once and mirrored, so W is exactly symmetric.
+    tau : float
+        ``tau`` > 0 of :func:`exp_distance_weight`, the weight
+        ``exp(-||f_p - f_q|| / tau)`` (default 0.01).
+    weight_fn : callable, optional
+        Another weight: a symmetric ``weight_fn(f_p, f_q) -> w`` taking the (C, h, w)
+        features of aligned pixel blocks and returning (h, w) non-negative weights
+        (``tau`` is then not used and must stay at its default). Each unordered pair is
+        computed once and mirrored, so W is exactly symmetric. A callable given as
+        ``tau`` (the third argument's first meaning) is taken as ``weight_fn``, with a
+        :class:`DeprecationWarning`.
     weight : float or callable, optional
-        Deprecated name of ``tau`` (it took tau), accepted with a
+        Deprecated name of ``tau`` / ``weight_fn`` (it took either), accepted with a
         :class:`DeprecationWarning`.
 
     Returns
@@ -384,23 +389,19 @@ def grid_graph(signal: Tensor, radius: int, tau: WeightFn | float = 0.01, *,
     ------
     TypeError
         If ``signal`` is not a floating tensor, ``radius`` not an integer, ``tau``
-        neither a number nor a callable, or the callable returns no tensor.
+        not a number, ``weight_fn`` not callable, or it returns no tensor.
     ValueError
-        For a wrong shape, NaN/inf in ``signal``, ``radius < 1``, ``tau <= 0``, or
-        weights of the wrong shape, negative or not finite.
+        For a wrong shape, NaN/inf in ``signal``, ``radius < 1``, ``tau <= 0``, both
+        ``tau`` and ``weight_fn`` given, or weights of the wrong shape, negative or not finite.
     """
-    if weight is not _NO_WEIGHT:
-        warnings.warn("grid_graph(weight=...) is deprecated; the argument is tau: grid_graph(signal, radius, tau)",
-                      DeprecationWarning, stacklevel=2)
-        tau = weight  # type: ignore[assignment]
-    weight_fn = tau
+    given_tau, weight_fn = _weight_arguments(tau, weight_fn, weight)
     signal = check_tensor("signal", signal, dims=("C", "H", "W"), floating=True, finite=True, nonempty=True)
     radius = check_positive_int("radius", radius)
     _, h, w = signal.shape
     offsets = grid_offsets(radius)
     k = len(offsets)
-    if not callable(weight_fn):
-        tau_value = check_range("tau", weight_fn, low=0.0, low_open=True)
+    if weight_fn is None:
+        tau_value = check_range("tau", given_tau, low=0.0, low_open=True)
         compiled = signal.dtype in (torch.float32, torch.float64) and _stencil.numba_available()  # no 16-bit
         if signal.device.type == "cpu" and compiled:
             return _exp_distance_grid_numba(signal, radius, tau_value)
@@ -410,18 +411,41 @@ def grid_graph(signal: Tensor, radius: int, tau: WeightFn | float = 0.01, *,
     for o, p, q in offset_blocks(offsets[: k // 2], h, w):
         wo = weight_fn(signal[:, p[0], p[1]], signal[:, q[0], q[1]])
         if not isinstance(wo, Tensor):
-            raise TypeError(f"tau (a weight function) must map two (C, h, w) blocks to (h, w) weight tensors, "
+            raise TypeError(f"weight_fn must map two (C, h, w) blocks to (h, w) weight tensors, "
                             f"got {type(wo).__name__}")
         if wo.shape != weights[o][p].shape:
-            raise ValueError(f"tau (a weight function) must map two (C, h, w) blocks to (h, w) weights, "
+            raise ValueError(f"weight_fn must map two (C, h, w) blocks to (h, w) weights, "
                              f"got {tuple(wo.shape)}")
         weights[o][p] = wo
         weights[k - 1 - o][q] = weights[o][p]
     if finite_nonnegative(weights) != (True, True):
-        raise ValueError("tau (a weight function) must return finite non-negative weights")
+        raise ValueError("weight_fn must return finite non-negative weights")
     _stencil.flush_denormals(weights, nonnegative=True)
     _stencil.mark_mirrored(weights)
     return GridGraph(weights, radius)
+
+
+def _weight_arguments(tau: object, weight_fn: object, weight: object) -> tuple[object, WeightFn | None]:
+    """:func:`grid_graph`'s ``(tau, weight_fn)`` from what was given, the deprecated forms (``weight=``, a
+    function as the third argument) warned of and mapped; a callable ``weight_fn`` checked."""
+    if weight is not _NO_WEIGHT:
+        warnings.warn("grid_graph(weight=...) is deprecated; a number is tau (grid_graph(signal, radius, tau)), "
+                      "a function weight_fn (grid_graph(signal, radius, weight_fn=f))",
+                      DeprecationWarning, stacklevel=3)
+        tau = weight
+    if callable(tau):
+        if weight is _NO_WEIGHT:
+            warnings.warn("grid_graph(signal, radius, f) with a weight function is deprecated; pass it as "
+                          "weight_fn=f (the third argument is tau)", DeprecationWarning, stacklevel=3)
+        if weight_fn is not None:
+            raise ValueError("grid_graph: give a weight function once, as weight_fn")
+        weight_fn, tau = tau, 0.01
+    if weight_fn is not None:
+        if not callable(weight_fn):
+            raise TypeError(f"weight_fn must be a callable weight_fn(f_p, f_q) -> w, got {type(weight_fn).__name__}")
+        if not (isinstance(tau, numbers.Real) and tau == 0.01):
+            raise ValueError(f"grid_graph: give tau or weight_fn, not both (got tau={tau!r} and a weight_fn)")
+    return tau, weight_fn
 
 
 def _exp_distance_grid_numba(signal: Tensor, radius: int, tau: float) -> GridGraph:

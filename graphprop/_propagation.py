@@ -211,8 +211,11 @@ def label_propagation(
 
 def _label_propagation(graph, y, alpha, tol, max_iter, solver, normalize, return_info, warn):
     graph = _check_graph(graph)
+    # Graph's and GridGraph's compiled kernels (symmetry check, CSR, stencil) read no 16-bit floats:
+    # their float32 copy is exact, normalised and solved in float32 or better. Another class that
+    # implements the protocol serves its own operator in the dtype asked for, so it is left as given.
     if isinstance(graph, (Graph, GridGraph)) and graph.dtype in HALF_FLOATS:
-        graph = graph.to(dtype=torch.float32)  # exact; normalised and solved in float32 or better
+        graph = graph.to(dtype=torch.float32)
     y = check_tensor("y", y, floating=True, finite=True).detach()
     if y.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"y must be float32 or float64, got {y.dtype}")

@@ -100,7 +100,7 @@ def test_grid_is_exactly_symmetric_with_a_custom_weight():
     def cosine_weight(fp, fq):
         return torch.nn.functional.cosine_similarity(fp, fq, dim=0).clamp_min(0)
 
-    grid = gp.grid_graph(signal, 3, cosine_weight)
+    grid = gp.grid_graph(signal, 3, weight_fn=cosine_weight)
     dense = grid.to_sparse_coo().to_dense()
     assert torch.equal(dense, dense.T)
     f = signal.reshape(4, -1).T
@@ -175,12 +175,16 @@ def test_grid_bad_inputs():
         gp.grid_graph(torch.rand(1, 3, 3), 1, 0.0)
     with pytest.raises(TypeError, match="tau"):
         gp.grid_graph(torch.rand(1, 3, 3), 1, "0.01")
-    with pytest.raises(TypeError, match="tau .*weight tensors"):
-        gp.grid_graph(torch.rand(1, 3, 3), 1, lambda a, b: 1.0)
-    with pytest.raises(ValueError, match="non-negative"):
-        gp.grid_graph(torch.rand(1, 3, 3), 1, lambda a, b: -torch.ones(a.shape[1:]))
+    with pytest.raises(TypeError, match="weight_fn must map .*weight tensors"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, weight_fn=lambda a, b: 1.0)
+    with pytest.raises(ValueError, match="weight_fn must return finite non-negative"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, weight_fn=lambda a, b: -torch.ones(a.shape[1:]))
     with pytest.raises(ValueError, match=r"\(h, w\)"):
-        gp.grid_graph(torch.rand(1, 3, 3), 1, lambda a, b: torch.ones(2))
+        gp.grid_graph(torch.rand(1, 3, 3), 1, weight_fn=lambda a, b: torch.ones(2))
+    with pytest.raises(TypeError, match="weight_fn must be a callable"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, weight_fn=0.5)
+    with pytest.raises(ValueError, match="tau or weight_fn, not both"):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, 0.5, weight_fn=gp.exp_distance_weight(0.5))
     with pytest.raises(ValueError, match="weights must have"):
         gp.GridGraph(torch.rand(7, 3, 3), 1)
     grid = gp.grid_graph(torch.rand(1, 3, 3), 1)
@@ -202,6 +206,17 @@ def test_grid_graph_weight_keyword_is_a_deprecated_name_of_tau():
         old = gp.grid_graph(signal, 2, weight=0.3)
     assert torch.equal(old.weights, expected)
     assert not torch.equal(gp.grid_graph(signal, 2).weights, expected)  # the default tau 0.01 differs
+
+
+def test_a_weight_function_as_third_argument_is_a_deprecated_weight_fn():
+    signal = torch.rand(3, 6, 7, generator=torch.Generator().manual_seed(5))
+    fn = gp.exp_distance_weight(0.3)
+    expected = gp.grid_graph(signal, 2, weight_fn=fn).weights
+    torch.testing.assert_close(expected, gp.grid_graph(signal, 2, 0.3).weights)  # the torch and numba paths
+    with pytest.warns(DeprecationWarning, match="weight_fn=f"):
+        assert torch.equal(gp.grid_graph(signal, 2, fn).weights, expected)
+    with pytest.warns(DeprecationWarning, match="a function weight_fn"):
+        assert torch.equal(gp.grid_graph(signal, 2, weight=fn).weights, expected)
 
 
 def test_fold_scale_and_its_deprecated_alias_materialize():

@@ -177,7 +177,7 @@ def test_compiled_grid_build_equals_the_torch_build(dtype):
     lab = _contrast_lab(17, 26, 3).to(dtype)
     for tau in (0.01, 0.3):
         fast = gp.grid_graph(lab, 3, tau)
-        slow = gp.grid_graph(lab, 3, gp.exp_distance_weight(tau))
+        slow = gp.grid_graph(lab, 3, weight_fn=gp.exp_distance_weight(tau))
         tiny = torch.finfo(dtype).tiny
         rtol = 2e-5 if dtype == torch.float32 else 1e-13  # an ulp of d / tau, amplified by exp
         torch.testing.assert_close(fast.weights, slow.weights, rtol=rtol, atol=tiny)
