@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._graph import Graph, symmetrize
+from ._optional import importable
 from ._validation import (
     check_choice,
     check_positive_int,
@@ -139,11 +140,7 @@ def select_knn_backend(n: int, m: int, d: int, k: int, device: torch.device | st
 
 
 def _keops_available() -> bool:
-    try:
-        import pykeops.torch  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the installation
-        return False
-    return True
+    return importable("pykeops.torch")
 
 
 def _knn_torch(x: Tensor, q: Tensor, k: int, metric: str, ordered: bool = True,

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._optional import importable
 from ._validation import check_choice, widened
 from ._window import offset_blocks
 
@@ -45,11 +46,7 @@ _COLUMN_MULTIPLE = 16  # float32 lanes of an AVX-512 register
 
 def numba_available() -> bool:
     """Whether the numba kernel can be used (numba imports)."""
-    try:
-        import numba  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the installation
-        return False
-    return True
+    return importable("numba")
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
