@@ -16,7 +16,7 @@ from ..pipeline import PUBLISHED_VLM, PUBLISHED_VM
 from ..preprocess import RESIZE_METHODS
 
 __all__ = ["CommandError", "add_model_arguments", "build_segmenter", "check_device", "error", "quiet_encoder_logs",
-           "run_command", "start_run"]
+           "run_command", "segmenter_from_args", "start_run"]
 
 
 class CommandError(Exception):
@@ -167,6 +167,25 @@ def build_segmenter(method: str, vlm: str, vm: str, *, device: str | None = None
     return chosen.build(vlm_encoder, vm_encoder, config)
 
 
+def segmenter_from_args(args: argparse.Namespace, prog: str, *, method: str | None = None, device=None):
+    """:func:`build_segmenter` of the model options :func:`add_model_arguments` added to ``args``.
+
+    ``method`` and ``device``, given, replace ``args.method`` and ``args.device``.
+
+    Raises
+    ------
+    CommandError
+        A bad option, or weights that are not available.
+    """
+    import encoders
+
+    try:
+        return build_segmenter(method or args.method, args.vlm, args.vm, device=device or args.device,
+                               random_init=args.random_init, resize=args.resize, precision=args.precision, prog=prog)
+    except (encoders.WeightsUnavailableError, ValueError, TypeError) as failure:
+        raise CommandError(str(failure)) from None
+
+
 @contextlib.contextmanager
 def start_run(args: argparse.Namespace, prog: str) -> Iterator[tuple]:
     """The ranks (:class:`~segmentation.distributed.Distributed`) and the model of a run.
@@ -180,8 +199,6 @@ def start_run(args: argparse.Namespace, prog: str) -> Iterator[tuple]:
         ``torch.distributed`` cannot start, or the model cannot be built (bad option, weights
         unavailable).
     """
-    import encoders
-
     from ..distributed import Distributed
 
     try:
@@ -189,11 +206,6 @@ def start_run(args: argparse.Namespace, prog: str) -> Iterator[tuple]:
     except (RuntimeError, ValueError) as failure:
         raise CommandError(f"cannot start torch.distributed: {failure}") from None
     try:
-        try:
-            model = build_segmenter(args.method, args.vlm, args.vm, device=dist.device, random_init=args.random_init,
-                                    resize=args.resize, precision=args.precision, prog=prog)
-        except (encoders.WeightsUnavailableError, ValueError, TypeError) as failure:
-            raise CommandError(str(failure)) from None
-        yield dist, model
+        yield dist, segmenter_from_args(args, prog, device=dist.device)
     finally:
         dist.close()

@@ -9,7 +9,7 @@ import time
 
 from ..demo.app import DEFAULT_MAX_PIXELS
 from ..methods import get_method
-from ._common import CommandError, add_model_arguments, build_segmenter, run_command
+from ._common import CommandError, add_model_arguments, run_command, segmenter_from_args
 
 __all__ = ["DESCRIPTION", "HELP", "NAME", "PROG", "add_arguments", "run"]
 
@@ -50,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import encoders
-
     from ..demo.app import DemoApp
     from ..demo.page import _import_gradio, build_app, launch
 
@@ -62,11 +60,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536 or not args.max_pixels >= 1:
         raise CommandError(f"--port must be in 1..65535 and --max-pixels >= 1, got {args.port} and "
                            f"{args.max_pixels:g}")
-    try:  # the page switches between the methods: build the one with both encoders
-        model = build_segmenter("lposs+", args.vlm, args.vm, device=args.device, random_init=args.random_init,
-                                resize=args.resize, precision=args.precision, prog=PROG)
-    except (encoders.WeightsUnavailableError, ValueError, TypeError) as bad:
-        raise CommandError(str(bad)) from None
+    model = segmenter_from_args(args, PROG, method="lposs+")  # the page switches methods: both encoders
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = int(args.max_pixels)  # PIL's decompression-bomb guard agrees with the page's limit
