@@ -135,3 +135,19 @@ def run_under_torchrun(tmp_path, module: str, procs: int, args: list[str], port:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def interrupt_on_call(monkeypatch, owner, name: str, call: int = 2):
+    """Replace ``owner.name`` by a wrapper that raises KeyboardInterrupt (Ctrl+C) on its ``call``-th call and
+    runs the real function otherwise; returns the real function (to put back for a rerun)."""
+    real = getattr(owner, name)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return real

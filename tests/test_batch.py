@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SMALL_CONFIG_KWARGS
+from conftest import SMALL_CONFIG_KWARGS, interrupt_on_call
 from segmentation import LPOSS, LPOSSConfig
 from segmentation.batch import BatchInputError, class_lists, find_images, segment_paths
 
@@ -90,16 +90,7 @@ def test_an_interrupted_write_leaves_nothing_a_rerun_takes_as_done(model, tree, 
     from segmentation import render
 
     out = tmp_path / "out"
-    real = render.overlay_image
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl+C while the second image's overlay is made
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(render, "overlay_image", interrupted)
+    real = interrupt_on_call(monkeypatch, render, "overlay_image")  # Ctrl+C while the second overlay is made
     with pytest.raises(KeyboardInterrupt):
         list(segment_paths(model, [tree], CLASSES, out=out))
     monkeypatch.setattr(render, "overlay_image", real)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import interrupt_on_call
 from segmentation import cli
 from segmentation.datasets import DATASETS, write_synthetic_dataset
 from segmentation.evaluation import loop
@@ -89,16 +90,7 @@ def test_evaluate_writes_results_and_predictions(voc, full_run, capsys):
 def test_resume_after_an_interruption_gives_the_same_result(voc, full_run, tmp_path, monkeypatch):
     root, _ = voc
     out = tmp_path / "results.json"
-    real = loop.evaluate_sample
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "evaluate_sample", interrupted)
+    real = interrupt_on_call(monkeypatch, loop, "evaluate_sample")
     assert cli.main(_args(root, out, "--measure-boundary")) == 130
     state = tmp_path / "results.json.partial" / "rank0-of-1.pt"
     assert not out.exists() and state.is_file()
