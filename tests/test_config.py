@@ -158,3 +158,26 @@ def test_lposs_checks_its_settings_once_on_construction_not_again_per_image(smal
     assert model.predict(torch.rand(3, 40, 60), "a,b").shape == (2, 40, 60)
     with pytest.raises(AssertionError, match="checked again"):
         patch_propagation(F.normalize(torch.randn(10, 4), dim=1), torch.rand(10, 2), torch.rand(10, 2))
+
+
+def test_the_stage_functions_defaults_are_the_configs():
+    """The published defaults are written in LPOSSConfig, PropagationSettings and the stage functions'
+    keyword arguments: each stage keyword's default is the config field of that name (pixel_propagation's
+    ``window`` is ``pixel_window``), so the places cannot drift apart."""
+    import inspect
+
+    from segmentation.stages import patch_graph
+
+    config, settings = LPOSSConfig(), PropagationSettings()
+    field_of = {"window": "pixel_window"}
+    checked = 0
+    for function in (patch_propagation, pixel_propagation, patch_graph):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.kind is not parameter.KEYWORD_ONLY or name == "backend":
+                continue
+            field = field_of.get(name, name) if function is pixel_propagation else name
+            assert parameter.default == getattr(config, field), (function.__name__, name)
+            if hasattr(settings, name):
+                assert parameter.default == getattr(settings, name), (function.__name__, name)
+            checked += 1
+    assert checked == 7 + 5 + 4
