@@ -276,6 +276,18 @@ def stencil(hwk, z, out, radius):  # pragma: no cover - compiled
 _CHUNK = 4096  # rows per partial sum
 
 
+@numba.njit(inline="always", cache=True)
+def _sum_chunks(partial):  # pragma: no cover - compiled
+    """(E,) the column sums of the (chunks, E) partial sums, chunk by chunk in order (the same sum
+    whatever the threads)."""
+    chunks, e_cols = partial.shape
+    out = np.zeros(e_cols, dtype=partial.dtype)
+    for c in range(chunks):
+        for e in range(e_cols):
+            out[e] += partial[c, e]
+    return out
+
+
 @numba.njit(**_PARALLEL)
 def column_dot(a, b):  # pragma: no cover - compiled
     """(E,) sums over rows of a * b, by chunks of rows (no (N, E) temporary)."""
@@ -286,11 +298,7 @@ def column_dot(a, b):  # pragma: no cover - compiled
         for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
             for e in range(e_cols):
                 partial[c, e] += a[i, e] * b[i, e]
-    out = np.zeros(e_cols, dtype=a.dtype)
-    for c in range(chunks):
-        for e in range(e_cols):
-            out[e] += partial[c, e]
-    return out
+    return _sum_chunks(partial)
 
 
 @numba.njit(**_PARALLEL)
@@ -308,11 +316,7 @@ def cg_step(x, r, p, q, step, tiny):  # pragma: no cover - compiled
                 v = v if abs(v) >= tiny else v * 0
                 r[i, e] = v
                 partial[c, e] += v * v
-    out = np.zeros(e_cols, dtype=x.dtype)
-    for c in range(chunks):
-        for e in range(e_cols):
-            out[e] += partial[c, e]
-    return out
+    return _sum_chunks(partial)
 
 
 @numba.njit(**_PARALLEL)
