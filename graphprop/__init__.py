@@ -21,6 +21,16 @@ Generic building blocks, useful beyond images:
   scikit-learn's and PyG's settings.
 
 Outputs follow the inputs' device and dtype.
+
+A path of four nodes, the first labelled class 0 and the last class 1 (``Z`` equals
+``np.linalg.solve(I - 0.9 * D^-1/2 W D^-1/2, Y)``):
+
+>>> import torch, graphprop as gp
+>>> graph = gp.symmetrize(gp.Graph(torch.tensor([[0, 1, 2], [1, 2, 3]]), torch.ones(3), 4))
+>>> y = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+>>> z = gp.label_propagation(graph, y, alpha=0.9)
+>>> z.argmax(1).tolist(), [round(v, 4) for v in z[1].tolist()]
+([0, 0, 1, 1], [2.499, 1.89])
 """
 
 from ._graph import Graph, degree, remove_self_loops, sym_normalize, symmetrize

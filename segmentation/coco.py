@@ -4,8 +4,14 @@ The RLE is pycocotools' (the reference implementation; the ``coco`` extra,
 ``pip install "lposs[coco]"``). Category ids are the class indices plus one (COCO keeps 0 free),
 so the mask of category ``c`` is ``labels == c - 1``.
 
->>> anns = label_annotations(labels, ["background", "cat", "dog"], image_id=1)   # doctest: +SKIP
->>> document = coco_document(images, ["background", "cat", "dog"], anns)         # doctest: +SKIP
+>>> import torch
+>>> labels = torch.tensor([[0, 1, 1], [0, 2, 2]])  # (H, W) class indices of one image
+>>> anns = label_annotations(labels, ["background", "cat", "dog"], image_id=1)
+>>> [(a["category_id"], a["area"], a["bbox"]) for a in anns]
+[(1, 2, [0.0, 0.0, 1.0, 2.0]), (2, 2, [1.0, 0.0, 2.0, 1.0]), (3, 2, [1.0, 1.0, 2.0, 1.0])]
+>>> document = coco_document([coco_image(1, "a.png", 2, 3)], ["background", "cat", "dog"], anns)
+>>> sorted(document)
+['annotations', 'categories', 'images']
 """
 
 from __future__ import annotations

@@ -255,12 +255,13 @@ def _no_stage(name: str) -> None:
 class StageTimer:
     """An ``on_stage`` callback that adds up the seconds spent in each stage.
 
-    >>> timer = StageTimer()                                     # doctest: +SKIP
-    >>> model.predict(image, classes, on_stage=timer); timer.stop()   # doctest: +SKIP
-    >>> timer.seconds                                            # doctest: +SKIP
-    {'text': 0.001, 'preprocess': 0.01, 'vlm': 3.6, ...}
+    Passed as ``model.predict(image, classes, on_stage=timer)``, it is called with each stage's name
+    as the stage starts; a stage runs until the next one starts or :meth:`stop` is called:
 
-    A stage runs until the next one starts or :meth:`stop` is called.
+    >>> timer = StageTimer()
+    >>> timer("vlm"); timer("vm"); timer("vlm"); timer.stop()
+    >>> sorted(timer.seconds), all(seconds >= 0 for seconds in timer.seconds.values())
+    (['vlm', 'vm'], True)
 
     Parameters
     ----------
