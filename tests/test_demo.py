@@ -363,3 +363,25 @@ def test_a_busy_port_is_one_line_and_nonzero(tiny_clip_configs, capsys, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert "random weights" in err[0] and len(err) == 2
     assert err[1].startswith(f"lposs demo: error: cannot serve on 127.0.0.1:{port}"), err
+
+
+def test_overlay_legend_holds_every_name_whole():
+    """The legend beside the overlay is as wide as its longest line: the text's rightmost ink stays
+    inside the picture with a margin (the clipped legend of the first demo), and every line is drawn."""
+    from segmentation.render import _legend_font, _legend_text, overlay_image
+
+    names = ["sky", "a rather long class name for the legend;its synonym", "road"]
+    labels = torch.zeros(60, 90, dtype=torch.long)
+    labels[20:, :] = 1
+    labels[50:, :] = 2
+    canvas = np.asarray(overlay_image(np.full((60, 90, 3), 128, dtype=np.uint8), labels, names))
+    legend = canvas[:, 90:]
+    ink = (legend < 100).all(axis=2)  # black text and swatch outlines on white
+    columns = np.flatnonzero(ink.any(axis=0))
+    size = max(10, round(90 / 60))
+    gap = round(0.6 * size)
+    assert columns.max() < legend.shape[1] - gap // 2  # a white margin at the right edge
+    longest = max(_legend_font(size).getlength(_legend_text(n, 1, 3)) for n in names)
+    assert columns.max() - columns.min() >= 0.9 * longest  # the longest line is drawn whole, not cut
+    rows = np.flatnonzero(ink.any(axis=1))
+    assert len(np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)) == 3  # one line per class present
