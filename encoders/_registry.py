@@ -38,7 +38,7 @@ def register(name: str, factory: Factory | None = None, *, overwrite: bool = Fal
     ValueError
         If ``name`` is taken by another factory (unless ``overwrite=True``) or not a plain word.
     TypeError
-        If the factory is not callable.
+        If the factory is not callable, or ``name`` not a string.
 
     Examples
     --------
@@ -52,7 +52,9 @@ def register(name: str, factory: Factory | None = None, *, overwrite: bool = Fal
 
         encoders.create("mine:small@/weights/small.pt")
     """
-    if not isinstance(name, str) or not name or any(c in name for c in ":@ "):
+    if not isinstance(name, str):
+        raise TypeError(f"encoder name must be a string, got {type(name).__name__}")
+    if not name or any(c in name for c in ":@ "):
         raise ValueError(f"encoder name must be a non-empty string without ':', '@' or spaces, got {name!r}")
 
     def add(factory: F) -> F:

@@ -375,11 +375,15 @@ def embed_prompts(
 
     Raises
     ------
+    TypeError
+        For one string instead of a list of them.
     ValueError
-        For a string or an empty list of prompts.
+        For an empty list of prompts.
     """
-    if isinstance(prompts, str) or len(prompts) == 0:
-        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    if isinstance(prompts, str):
+        raise TypeError(f"prompts must be a list of strings, got one string {prompts!r}")
+    if len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of strings, got an empty one")
     tokens = tokenize(list(prompts))
     lengths = None if prompt_lengths is None else prompt_lengths(tokens)
     order = torch.arange(len(prompts)) if lengths is None else torch.argsort(lengths, stable=True)

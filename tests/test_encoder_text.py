@@ -188,3 +188,5 @@ def test_missing_hooks_and_bad_settings_are_clear_errors():
         CharCLIP(templates=["a photo"], text_cache=False)
     with pytest.raises(ValueError, match="prompts must be a non-empty list"):
         CharCLIP(templates=TEMPLATES, text_cache=False).encode_prompts([])
+    with pytest.raises(TypeError, match="prompts must be a list of strings, got one string 'a road'"):
+        CharCLIP(templates=TEMPLATES, text_cache=False).encode_prompts("a road")

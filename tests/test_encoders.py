@@ -426,6 +426,10 @@ def test_bad_specs_are_clear_errors(spec, message):
 def test_register_rejects_bad_names():
     with pytest.raises(ValueError, match="without ':'"):
         encoders.register("a:b", ColourHistogramEncoder)
+    with pytest.raises(ValueError, match="non-empty"):
+        encoders.register("", ColourHistogramEncoder)
+    with pytest.raises(TypeError, match="encoder name must be a string, got int"):
+        encoders.register(3, ColourHistogramEncoder)
 
 
 # --------------------------------------------------------------------------- CUDA
