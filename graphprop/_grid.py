@@ -9,7 +9,6 @@ implements :class:`~graphprop.PropagationGraph`.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -353,7 +352,7 @@ def exp_distance_weight(tau: float) -> WeightFn:
 _NO_WEIGHT = object()  # grid_graph's deprecated ``weight=`` keyword, not given
 
 
-def grid_graph(signal: Tensor, radius: int, tau: float = 0.01, *, weight_fn: WeightFn | None = None,
+def grid_graph(signal: Tensor, radius: int, tau: float | None = None, *, weight_fn: WeightFn | None = None,
                weight: WeightFn | float | object = _NO_WEIGHT) -> GridGraph:
     """The local-window graph of a (C, H, W) signal.
 
@@ -364,19 +363,16 @@ def grid_graph(signal: Tensor, radius: int, tau: float = 0.01, *, weight_fn: Wei
     radius : int
         Window radius, >= 1; pixels with ``|dy|, |dx| <= radius`` are joined
         ((2r+1)^2 - 1 neighbours inside the image, 168 for radius 6).
-    tau : float
+    tau : float, optional
         ``tau`` > 0 of :func:`exp_distance_weight`, the weight
         ``exp(-||f_p - f_q|| / tau)`` (default 0.01).
     weight_fn : callable, optional
-        Another weight: a symmetric ``weight_fn(f_p, f_q) -> w`` taking the (C, h, w)
-        features of aligned pixel blocks and returning (h, w) non-negative weights
-        (``tau`` is then not used and must stay at its default). Each unordered pair is
-        computed once and mirrored, so W is exactly symmetric. A callable given as
-        ``tau`` (the third argument's first meaning) is taken as ``weight_fn``, with a
-        :class:`DeprecationWarning`.
+        Another weight, given instead of ``tau``: a symmetric ``weight_fn(f_p, f_q) -> w``
+        taking the (C, h, w) features of aligned pixel blocks and returning (h, w)
+        non-negative weights. Each unordered pair is computed once and mirrored, so W is
+        exactly symmetric.
     weight : float or callable, optional
-        Deprecated name of ``tau`` / ``weight_fn`` (it took either), accepted with a
-        :class:`DeprecationWarning`.
+        Deprecated name of ``tau`` / ``weight_fn`` (it took either), given alone.
 
     Returns
     -------
@@ -391,8 +387,15 @@ def grid_graph(signal: Tensor, radius: int, tau: float = 0.01, *, weight_fn: Wei
         If ``signal`` is not a floating tensor, ``radius`` not an integer, ``tau``
         not a number, ``weight_fn`` not callable, or it returns no tensor.
     ValueError
-        For a wrong shape, NaN/inf in ``signal``, ``radius < 1``, ``tau <= 0``, both
-        ``tau`` and ``weight_fn`` given, or weights of the wrong shape, negative or not finite.
+        For a wrong shape, NaN/inf in ``signal``, ``radius < 1``, ``tau <= 0``, two of
+        ``tau``, ``weight_fn`` and ``weight`` given, or weights of the wrong shape,
+        negative or not finite.
+
+    Warns
+    -----
+    DeprecationWarning
+        For ``weight=``, and for a weight function given as the third argument (its first
+        meaning): it is taken as ``weight_fn``.
     """
     given_tau, weight_fn = _weight_arguments(tau, weight_fn, weight)
     signal = check_tensor("signal", signal, dims=("C", "H", "W"), floating=True, finite=True, nonempty=True)
@@ -426,26 +429,29 @@ def grid_graph(signal: Tensor, radius: int, tau: float = 0.01, *, weight_fn: Wei
 
 
 def _weight_arguments(tau: object, weight_fn: object, weight: object) -> tuple[object, WeightFn | None]:
-    """:func:`grid_graph`'s ``(tau, weight_fn)`` from what was given, the deprecated forms (``weight=``, a
-    function as the third argument) warned of and mapped; a callable ``weight_fn`` checked."""
+    """:func:`grid_graph`'s ``(tau, weight_fn)`` from what was given: the deprecated forms (``weight=``, a
+    function as the third argument) warned of and mapped, two of them together refused, a ``weight_fn``
+    checked to be callable, tau's default filled in."""
     if weight is not _NO_WEIGHT:
         warnings.warn("grid_graph(weight=...) is deprecated; a number is tau (grid_graph(signal, radius, tau)), "
                       "a function weight_fn (grid_graph(signal, radius, weight_fn=f))",
                       DeprecationWarning, stacklevel=3)
+        if tau is not None or weight_fn is not None:
+            raise ValueError("grid_graph: give one of tau, weight_fn and the deprecated weight, not two")
         tau = weight
+    elif callable(tau):
+        warnings.warn("grid_graph(signal, radius, f) with a weight function is deprecated; pass it as "
+                      "weight_fn=f (the third argument is tau)", DeprecationWarning, stacklevel=3)
     if callable(tau):
-        if weight is _NO_WEIGHT:
-            warnings.warn("grid_graph(signal, radius, f) with a weight function is deprecated; pass it as "
-                          "weight_fn=f (the third argument is tau)", DeprecationWarning, stacklevel=3)
         if weight_fn is not None:
-            raise ValueError("grid_graph: give a weight function once, as weight_fn")
-        weight_fn, tau = tau, 0.01
+            raise ValueError("grid_graph: give one of tau and weight_fn, not both (got a function for each)")
+        weight_fn, tau = tau, None
     if weight_fn is not None:
         if not callable(weight_fn):
             raise TypeError(f"weight_fn must be a callable weight_fn(f_p, f_q) -> w, got {type(weight_fn).__name__}")
-        if not (isinstance(tau, numbers.Real) and tau == 0.01):
-            raise ValueError(f"grid_graph: give tau or weight_fn, not both (got tau={tau!r} and a weight_fn)")
-    return tau, weight_fn
+        if tau is not None:
+            raise ValueError(f"grid_graph: give one of tau and weight_fn, not both (got tau={tau!r} and a weight_fn)")
+    return (0.01 if tau is None else tau), weight_fn
 
 
 def _exp_distance_grid_numba(signal: Tensor, radius: int, tau: float) -> GridGraph:

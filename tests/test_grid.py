@@ -2,6 +2,8 @@
 per-edge computation, both kernels against each other, propagation on grids."""
 
 import os
+import re
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -183,8 +185,16 @@ def test_grid_bad_inputs():
         gp.grid_graph(torch.rand(1, 3, 3), 1, weight_fn=lambda a, b: torch.ones(2))
     with pytest.raises(TypeError, match="weight_fn must be a callable"):
         gp.grid_graph(torch.rand(1, 3, 3), 1, weight_fn=0.5)
-    with pytest.raises(ValueError, match="tau or weight_fn, not both"):
-        gp.grid_graph(torch.rand(1, 3, 3), 1, 0.5, weight_fn=gp.exp_distance_weight(0.5))
+    fn = gp.exp_distance_weight(0.5)
+    for tau in (0.5, 0.01):  # the default value given explicitly is given too
+        with pytest.raises(ValueError, match="one of tau and weight_fn, not both"):
+            gp.grid_graph(torch.rand(1, 3, 3), 1, tau, weight_fn=fn)
+    with pytest.raises(ValueError, match="one of tau and weight_fn, not both"), pytest.warns(DeprecationWarning):
+        gp.grid_graph(torch.rand(1, 3, 3), 1, fn, weight_fn=fn)
+    for new in ({"tau": 0.5}, {"weight_fn": fn}):  # weight= with either of the new names
+        for old in (0.3, fn):
+            with pytest.raises(ValueError, match="not two"), pytest.warns(DeprecationWarning):
+                gp.grid_graph(torch.rand(1, 3, 3), 1, weight=old, **new)
     with pytest.raises(ValueError, match="weights must have"):
         gp.GridGraph(torch.rand(7, 3, 3), 1)
     grid = gp.grid_graph(torch.rand(1, 3, 3), 1)
@@ -213,10 +223,14 @@ def test_a_weight_function_as_third_argument_is_a_deprecated_weight_fn():
     fn = gp.exp_distance_weight(0.3)
     expected = gp.grid_graph(signal, 2, weight_fn=fn).weights
     torch.testing.assert_close(expected, gp.grid_graph(signal, 2, 0.3).weights)  # the torch and numba paths
-    with pytest.warns(DeprecationWarning, match="weight_fn=f"):
-        assert torch.equal(gp.grid_graph(signal, 2, fn).weights, expected)
-    with pytest.warns(DeprecationWarning, match="a function weight_fn"):
-        assert torch.equal(gp.grid_graph(signal, 2, weight=fn).weights, expected)
+    for args, kwargs, words in [((fn,), {}, "with a weight function is deprecated"),
+                                ((), {"weight": fn}, r"grid_graph\(weight=...\) is deprecated")]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert torch.equal(gp.grid_graph(signal, 2, *args, **kwargs).weights, expected)
+        assert len(caught) == 1 and caught[0].category is DeprecationWarning
+        assert re.search(words, str(caught[0].message))
+        assert caught[0].filename == __file__  # it points at the caller's line
 
 
 def test_fold_scale_and_its_deprecated_alias_materialize():
