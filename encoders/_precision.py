@@ -68,6 +68,8 @@ def resolve_precision(precision: str, half: bool, device: torch.device) -> tuple
 
     Raises
     ------
+    TypeError
+        For a precision that is not a string.
     ValueError
         For an unknown precision, ``half=True`` with another precision than fp16, or fp16 off
         CUDA.

@@ -143,6 +143,8 @@ def create(spec: str | Any, *, precision: str | None = None, **kwargs: Any) -> A
 
     Raises
     ------
+    TypeError
+        For a spec that is neither a string nor an encoder, or a precision that is not a string.
     ValueError
         For a bad spec, an unknown prefix, an unknown precision, or a precision that an encoder
         object given does not run in.

@@ -353,7 +353,7 @@ def _run(model, batches: list[list[ImageJob]], model_classes, names, out: Path, 
                         labels = _read_labels(outputs["labels"])
                     except (OSError, ValueError) as error:
                         labels = None
-                        reason = f"its outputs exist but {outputs['labels']} cannot be read: {error}"
+                        reason = f"its outputs exist but {error}"  # open_image's error names the file
                     else:
                         reason = "its outputs exist"
                     shares = [] if labels is None else _shares(labels, names)

@@ -106,6 +106,13 @@ def boundary_mask(mask: Tensor, dilation_ratio: float = 0.02) -> Tensor:
     Returns
     -------
     (..., H, W) bool tensor on ``mask``'s device: True on the boundary pixels of each mask.
+
+    Raises
+    ------
+    TypeError
+        ``mask`` not a bool tensor, ``dilation_ratio`` not a number.
+    ValueError
+        ``mask`` of fewer than 2 dimensions, ``dilation_ratio`` negative or NaN.
     """
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask must be a (..., H, W) bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")

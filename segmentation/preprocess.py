@@ -164,6 +164,8 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], method: str = "torc
 
     Raises
     ------
+    TypeError
+        A ``method`` that is not a string.
     ValueError
         An unknown ``method``.
     ImportError

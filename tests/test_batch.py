@@ -84,6 +84,10 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_not(model, tree, tmp_path
     redone = list(segment_paths(model, [tree], CLASSES, out=out, skip_done=False))
     assert all(r.status == "done" for r in redone)
     assert z.stat().st_mtime_ns != stamps[z]
+    z.write_bytes(b"not a png")  # a finished image whose labels file went bad: skipped, and said why
+    third = {str(r.relative): r for r in segment_paths(model, [tree], CLASSES, out=out)}
+    assert third["a/b/z.png"].status == "skipped" and third["a/b/z.png"].labels is None
+    assert third["a/b/z.png"].reason.startswith(f"its outputs exist but cannot read label {z}: ")
 
 
 def test_an_interrupted_write_leaves_nothing_a_rerun_takes_as_done(model, tree, tmp_path, monkeypatch):

@@ -197,3 +197,6 @@ def test_prepare_coco_command(tmp_path, capsys):
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
     assert old.returncode == 0, old.stderr
     assert "1 label maps" in old.stdout
+    old = subprocess.run([sys.executable, "-m", "segmentation.datasets", "prepare-coco", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
+    assert old.returncode == 2 and old.stderr.startswith("python -m segmentation.datasets prepare-coco: error: no COCO")

@@ -366,22 +366,26 @@ def test_a_busy_port_is_one_line_and_nonzero(tiny_clip_configs, capsys, monkeypa
 
 
 def test_overlay_legend_holds_every_name_whole():
-    """The legend beside the overlay is as wide as its longest line: the text's rightmost ink stays
-    inside the picture with a margin (the clipped legend of the first demo), and every line is drawn."""
+    """The legend beside the overlay is as wide as its longest line, wherever that line is (here the
+    last: its class has the fewest pixels): the text's rightmost ink stays inside the picture with a
+    margin (the clipped legend of the first demo), the longest line is drawn whole, one line per class."""
     from segmentation.render import _legend_font, _legend_text, overlay_image
 
-    names = ["sky", "a rather long class name for the legend;its synonym", "road"]
+    names = ["sky", "road", "a rather long class name for the legend;its synonym"]
     labels = torch.zeros(60, 90, dtype=torch.long)
     labels[20:, :] = 1
-    labels[50:, :] = 2
+    labels[55:, :] = 2
     canvas = np.asarray(overlay_image(np.full((60, 90, 3), 128, dtype=np.uint8), labels, names))
-    legend = canvas[:, 90:]
-    ink = (legend < 100).all(axis=2)  # black text and swatch outlines on white
-    columns = np.flatnonzero(ink.any(axis=0))
     size = max(10, round(90 / 60))
-    gap = round(0.6 * size)
-    assert columns.max() < legend.shape[1] - gap // 2  # a white margin at the right edge
-    longest = max(_legend_font(size).getlength(_legend_text(n, 1, 3)) for n in names)
-    assert columns.max() - columns.min() >= 0.9 * longest  # the longest line is drawn whole, not cut
+    swatch, gap = size, round(0.6 * size)
+    text = canvas[:, 90 + gap + swatch + gap:]  # the legend's text column, right of the swatches
+    ink = (text < 100).all(axis=2)  # black text on white
+    columns = np.flatnonzero(ink.any(axis=0))
+    assert columns.max() < text.shape[1] - gap // 2  # a white margin at the right edge
+    counts = torch.bincount(labels.reshape(-1), minlength=3).tolist()
+    font = _legend_font(size)
+    lengths = [font.getlength(_legend_text(n, c, labels.numel())) for n, c in zip(names, counts, strict=True)]
+    assert lengths[2] > 2 * max(lengths[:2])  # the long name is the longest line by far
+    assert columns.max() + 1 >= 0.95 * lengths[2]  # and it is drawn whole, not cut
     rows = np.flatnonzero(ink.any(axis=1))
     assert len(np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)) == 3  # one line per class present

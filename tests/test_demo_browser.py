@@ -102,8 +102,9 @@ K_BOX = "number input for k: neighbours per patch"
 
 def _type_number(page, label: str, value: str) -> None:
     """Type ``value`` into the number box ``label`` and check that it still holds two animation frames
-    later. A value Gradio overwrote with its stored one (the re-render of :func:`_open_settings`'s
-    docstring, should it come later than that wait) is typed again, at most three times in all."""
+    later. Should Gradio's re-render of the settings (see :func:`_open_settings`) come later than that
+    function waits and overwrite the value with its stored one, the value is typed again, at most
+    three times in all."""
     holds = ("([label, v]) => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() =>"
              " done(document.querySelector(`input[aria-label=\"${label}\"]`).value === v))))")
     box = page.get_by_label(label)
@@ -247,6 +248,8 @@ def test_reset_restores_the_published_defaults(browser, served):
     _open_settings(page)
     _type_number(page, K_BOX, "77")
     read_k = f"v => document.querySelector('input[aria-label=\"{K_BOX}\"]').value === v"
+    page.wait_for_timeout(500)  # no late re-render: 77 still holds half a second later, just before the reset
+    assert page.evaluate(read_k, "77"), "k was overwritten after it was typed"
     page.click("#lposs-reset")
     page.wait_for_function(read_k, arg="30")  # the app's default (the published one is 400)
     page.close()

@@ -167,10 +167,22 @@ def build_segmenter(method: str, vlm: str, vm: str, *, device: str | None = None
     return chosen.build(vlm_encoder, vm_encoder, config)
 
 
-def segmenter_from_args(args: argparse.Namespace, prog: str, *, method: str | None = None, device=None):
+def segmenter_from_args(args: argparse.Namespace, prog: str, *, method: str | None = None,
+                        device: str | None = None):
     """:func:`build_segmenter` of the model options :func:`add_model_arguments` added to ``args``.
 
-    ``method`` and ``device``, given, replace ``args.method`` and ``args.device``.
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed with :func:`add_model_arguments`' options.
+    prog : str
+        The program named in the stderr lines.
+    method, device : str, optional
+        Given, they replace ``args.method`` and ``args.device``.
+
+    Returns
+    -------
+    The segmenter (:func:`build_segmenter`).
 
     Raises
     ------

@@ -28,15 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="convert maps already converted too")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Convert the maps and print how many there are; returns the exit status (0, or 2 on bad input)."""
-    return run_command(PROG, _prepare, args)
+def run(args: argparse.Namespace, prog: str = PROG) -> int:
+    """Convert the maps and print how many there are; returns the exit status (0, or 2 on bad input,
+    with one ``<prog>: error: ...`` line)."""
+    return run_command(prog, _prepare, args)
 
 
 def _prepare(args: argparse.Namespace) -> int:
     try:
         count = prepare_coco(args.data_root, split=args.split, overwrite=args.overwrite)
-    except (DatasetLayoutError, ValueError, FileNotFoundError) as bad:
+    except (DatasetLayoutError, ValueError, OSError) as bad:  # OSError: a label file that cannot be written
         raise CommandError(str(bad)) from None
     print(f"{count} label maps in place (coco_stuff and coco_object)")
     return 0
@@ -48,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Prepare datasets for lposs evaluate.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_arguments(commands.add_parser(NAME, help=HELP, description=DESCRIPTION))
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(argv), prog=f"python -m segmentation.datasets {NAME}")

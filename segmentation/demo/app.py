@@ -80,6 +80,14 @@ class DemoApp:
         How many encoded images are kept (least recently used goes first).
     out_dir : str or Path, optional
         Where the download files are written (default: a new temporary folder).
+
+    Raises
+    ------
+    TypeError
+        Encoders without the protocols' members, a setting of the wrong type, ``max_pixels`` or
+        ``cache_size`` not an integer.
+    ValueError
+        A setting out of range, ``max_pixels`` or ``cache_size`` below 1.
     """
 
     keep_results = 16  # result folders kept on disk; Gradio copies what it serves into its own cache
